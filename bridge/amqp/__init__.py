@@ -1,0 +1,1 @@
+"""RabbitMQ adapter: connection, topology, confirmed publisher (aiormq underneath)."""

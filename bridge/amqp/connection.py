@@ -1,0 +1,230 @@
+"""One RabbitMQ connection kept open for the life of the process.
+
+`AMQPLink` connects with exponential backoff (tenacity), forever, then attaches its users in order
+(topology, publisher, consumers). When the connection or any of their channels fails it detaches
+everyone and starts over: consumers resume by themselves after RabbitMQ comes back, and nothing
+here ever ends the process. aiormq errors stop at this boundary and become `BrokerUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import aiormq
+from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from bridge.errors import BridgeError, BrokerUnavailable
+from bridge.redact import redact_text, redact_url
+
+log = logging.getLogger("bridge.amqp")
+
+DEFAULT_HEARTBEAT = "10"
+CONNECT_TIMEOUT = 10.0
+
+
+class TopologyError(BridgeError):
+    """RabbitMQ refused a declaration for good (e.g. a queue exists with other arguments)."""
+
+
+class LinkUser(Protocol):
+    async def attach(self, connection: AbstractConnection) -> None: ...
+
+    async def detach(self) -> None: ...
+
+
+def with_defaults(url: str) -> str:
+    """Add a short heartbeat so a dead link is noticed in seconds, unless the URL sets one."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("heartbeat", DEFAULT_HEARTBEAT)
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def delivery_tag(message: DeliveredMessage) -> int:
+    """The delivery tag of a consumed message."""
+    tag = getattr(message.delivery, "delivery_tag", None)
+    assert isinstance(tag, int)
+    return tag
+
+
+def broker_error(exc: BaseException) -> BrokerUnavailable:
+    """aiormq/OS errors as bridge's own, with no credentials in the text."""
+    text = redact_text(str(exc) or exc.__class__.__name__)
+    return BrokerUnavailable(f"RabbitMQ is unavailable ({exc.__class__.__name__}: {text})")
+
+
+AMQP_ERRORS: tuple[type[Exception], ...] = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+# What setting up on a connection may raise: the library's errors or bridge's own.
+SETUP_ERRORS: tuple[type[Exception], ...] = (*AMQP_ERRORS, BridgeError)
+
+
+class AMQPLink:
+    def __init__(
+        self,
+        url: str,
+        name: str,
+        max_delay: float = 30.0,
+        on_state: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._url = with_defaults(url)
+        self._name = name
+        self._max_delay = max_delay
+        self._on_state = on_state
+        self._users: list[LinkUser] = []
+        self._connection: AbstractConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._lost = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.fatal: BaseException | None = None
+        self.connects = 0
+
+    @property
+    def connection(self) -> AbstractConnection | None:
+        return self._connection
+
+    def add(self, user: LinkUser) -> None:
+        self._users.append(user)
+
+    def remove(self, user: LinkUser) -> None:
+        if user in self._users:
+            self._users.remove(user)
+
+    def start(self) -> asyncio.Task[None]:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="amqp-link")
+        return self._task
+
+    async def wait_ready(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.ready.wait(), timeout)
+        return self.ready.is_set()
+
+    def fail(self, reason: str) -> None:
+        """A user saw its channel die: start over with a fresh connection."""
+        if self._stopping or not self.ready.is_set():
+            return
+        log.warning("RabbitMQ link failed, reconnecting: %s", redact_text(reason))
+        self._lost.set()
+
+    def watch_channel(self, channel: AbstractChannel, what: str) -> None:
+        """Escalate the unexpected close of `channel` to a reconnect."""
+
+        def closed(fut: asyncio.Future[Any]) -> None:
+            if fut.cancelled():
+                reason = "cancelled"
+            else:
+                exc = fut.exception()
+                reason = str(exc) if exc is not None else "closed"
+            self.fail(f"{what} channel closed: {reason}")
+
+        channel.closing.add_done_callback(closed)
+
+    async def _connect_once(self) -> AbstractConnection:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                conn: AbstractConnection = await aiormq.connect(
+                    self._url, client_properties={"connection_name": self._name}
+                )
+                return conn
+        except AMQP_ERRORS as exc:
+            raise broker_error(exc) from None
+
+    async def _connect(self) -> AbstractConnection:
+        def before_sleep(state: Any) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "cannot reach RabbitMQ at %s (%s); retrying in %.1fs",
+                redact_url(self._url),
+                exc,
+                state.next_action.sleep if state.next_action else 0.0,
+            )
+
+        async for attempt in AsyncRetrying(
+            wait=wait_exponential_jitter(initial=0.2, max=self._max_delay),
+            retry=retry_if_exception_type(BrokerUnavailable),
+            before_sleep=before_sleep,
+            reraise=True,
+        ):
+            with attempt:
+                return await self._connect_once()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attach_all(self, conn: AbstractConnection) -> None:
+        for user in list(self._users):
+            await user.attach(conn)
+
+    async def _detach_all(self) -> None:
+        for user in reversed(list(self._users)):
+            try:
+                await user.detach()
+            except Exception:
+                log.exception("detaching from RabbitMQ failed")
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            conn = await self._connect()
+            self._lost.clear()
+            try:
+                await self._attach_all(conn)
+            except TopologyError as exc:
+                self.fatal = exc
+                log.error("%s", exc)
+                await self._close(conn)
+                await self._detach_all()
+                return
+            except SETUP_ERRORS as exc:
+                log.warning("setting up on RabbitMQ failed, retrying: %s", redact_text(str(exc)))
+                await self._close(conn)
+                await self._detach_all()
+                await asyncio.sleep(0.5)
+                continue
+            self._connection = conn
+            self.connects += 1
+            self.ready.set()
+            if self._on_state:
+                self._on_state(True)
+            log.info("connected to RabbitMQ at %s", redact_url(self._url))
+            closing = conn.closing
+            lost = asyncio.ensure_future(self._lost.wait())
+            await asyncio.wait([closing, lost], return_when=asyncio.FIRST_COMPLETED)
+            lost.cancel()
+            closing.cancel()
+            self.ready.clear()
+            if self._on_state:
+                self._on_state(False)
+            self._connection = None
+            await self._detach_all()
+            await self._close(conn)
+            if not self._stopping:
+                log.warning("lost the connection to RabbitMQ; reconnecting")
+
+    async def _close(self, conn: AbstractConnection) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.close(), 5.0)
+
+    async def stop(self) -> None:
+        """Close the connection for good (users are detached first, in reverse order)."""
+        self._stopping = True
+        self.ready.clear()
+        conn = self._connection
+        self._connection = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        await self._detach_all()
+        if conn is not None:
+            await self._close(conn)

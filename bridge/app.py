@@ -1,0 +1,347 @@
+"""Composition: build the daemon for a role, run it, reload it, and drain it in order.
+
+Roles: `ingress` (HTTP -> RabbitMQ), `dispatcher` (RabbitMQ -> subscribers) or `all` (both).
+The shutdown order is written once, in `App.drain`:
+not ready -> stop accepting -> finish in-flight publishes -> stop consumers and finish
+deliveries -> close AMQP -> flush telemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import orjson
+from aiormq.abc import AbstractConnection
+
+from bridge import names
+from bridge.amqp.connection import SETUP_ERRORS, AMQPLink
+from bridge.amqp.publisher import Publisher
+from bridge.amqp.topology import Declarer
+from bridge.config import LoadedConfig
+from bridge.config import load as load_config
+from bridge.dispatch import TriggerConsumer
+from bridge.errors import BridgeError
+from bridge.http.client import SubscriberClient
+from bridge.http.server import Handler, HTTPServer, Request, Response, json_error
+from bridge.ingress import Ingress
+from bridge.systemd import Notifier
+from bridge.telemetry.logging import register_secrets
+from bridge.telemetry.metrics import Metrics
+from bridge.telemetry.tracing import Tracing
+from bridge.triggers import Routes, Trigger, build_routes
+
+log = logging.getLogger("bridge")
+
+Role = Literal["all", "ingress", "dispatcher"]
+QUEUE_DEPTH_INTERVAL = 15.0
+
+
+class Admin(Handler):
+    """`/healthz`, `/readyz`, `/metrics` on the admin listener."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.max_body = 0
+
+    async def handle(self, request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return json_error(405, f"{request.method} is not allowed here; use GET.")
+        path = request.path
+        if path == "/healthz":
+            return Response(200, b'{"status":"ok"}', [("content-type", "application/json")])
+        if path == "/readyz":
+            problem = self.app.not_ready_reason()
+            if problem is None:
+                return Response(200, b'{"status":"ready"}', [("content-type", "application/json")])
+            return json_error(503, problem)
+        if path == "/metrics":
+            accept = request.headers.get("accept", "")
+            body, ctype = self.app.metrics.render("application/openmetrics-text" in accept)
+            return Response(200, body, [("content-type", ctype)])
+        return json_error(404, f"no such admin endpoint {path[:100]!r}; try /healthz.")
+
+
+class App:
+    def __init__(self, loaded: LoadedConfig, role: Role, config_path: str | None = None) -> None:
+        self.loaded = loaded
+        self.settings = loaded.settings
+        self.role = role
+        self.config_path = config_path
+        self.routes: Routes = build_routes(loaded)
+        self.metrics = Metrics()
+        self.tracing = Tracing(self.settings.tracing)
+        self.draining = False
+        self.stopped = asyncio.Event()
+        rabbit = self.settings.rabbitmq
+        register_secrets(
+            self.settings.ingress.auth_token.get_secret_value(),
+            *(v.get_secret_value() for v in self.settings.tracing.headers.values()),
+        )
+        self.link = AMQPLink(
+            rabbit.url.get_secret_value(),
+            name=f"bridge ({role})",
+            max_delay=rabbit.reconnect_max_delay.total_seconds(),
+            on_state=lambda up: self.metrics.rabbitmq_connected.set(1 if up else 0),
+        )
+        self.declarer = Declarer(self.routes, rabbit.queue_type, rabbit.unmatched_max_length)
+        self.publisher = Publisher(
+            self.link, rabbit.publish_timeout.total_seconds(), rabbit.queue_type
+        )
+        self.link.add(self.declarer)
+        self.link.add(self.publisher)
+        self.client = SubscriberClient()
+        self.consumers: dict[tuple[str, str], TriggerConsumer] = {}
+        self.ingress: Ingress | None = None
+        self.ingress_server: HTTPServer | None = None
+        self.admin_server: HTTPServer | None = None
+        self.notifier = Notifier()
+        self._background: list[asyncio.Task[None]] = []
+        if role in ("all", "dispatcher"):
+            for trigger in self.routes.triggers:
+                self._add_consumers(trigger)
+
+    # -- consumers --
+    def _new_consumers(self, trigger: Trigger) -> list[TriggerConsumer]:
+        common = {
+            "link": self.link,
+            "publisher": self.publisher,
+            "client": self.client,
+            "metrics": self.metrics,
+            "routes": self.routes,
+            "prefetch": self.settings.rabbitmq.prefetch,
+        }
+        made = [TriggerConsumer(trigger, role="subscriber", **common)]  # type: ignore[arg-type]
+        if trigger.delivery.dead_letter_sink:
+            made.append(TriggerConsumer(trigger, role="sink", **common))  # type: ignore[arg-type]
+        return made
+
+    def _add_consumers(self, trigger: Trigger) -> list[TriggerConsumer]:
+        made = self._new_consumers(trigger)
+        for consumer in made:
+            self.consumers[(trigger.key, consumer.role)] = consumer
+            self.link.add(consumer)
+        return made
+
+    # -- readiness --
+    def not_ready_reason(self) -> str | None:
+        if self.draining:
+            return "bridge is draining."
+        if not self.link.ready.is_set():
+            return "bridge is not connected to RabbitMQ."
+        if not self.publisher.connected:
+            return "the RabbitMQ publisher channel is not open."
+        for consumer in self.consumers.values():
+            if not consumer.attached:
+                return f"the consumer of {consumer.queue} is not attached."
+        return None
+
+    # -- running --
+    async def start(self) -> None:
+        settings = self.settings
+        self.tracing.start()
+        self.admin_server = HTTPServer(Admin(self), settings.admin.host, settings.admin.port)
+        await self.admin_server.start()
+        self.link.start()
+        if self.role in ("all", "ingress"):
+            ingress = settings.ingress
+            self.ingress = Ingress(
+                self.routes,
+                self.publisher,
+                self.metrics,
+                max_event_bytes=ingress.max_event_bytes,
+                auth_token=ingress.auth_token.get_secret_value(),
+                retry_after=ingress.retry_after,
+            )
+            self.ingress_server = HTTPServer(
+                self.ingress,
+                ingress.host,
+                ingress.port,
+                idle_timeout=ingress.idle_timeout.total_seconds(),
+            )
+            await self.ingress_server.start()
+        loop = asyncio.get_running_loop()
+        self._background.append(loop.create_task(self._report_ready()))
+        self._background.append(loop.create_task(self._poll_queue_depths()))
+        log.info(
+            "bridge started (role %s): ingress %s, admin %s:%d, %d trigger(s)",
+            self.role,
+            f"{self.ingress_server.host}:{self.ingress_server.port}"
+            if self.ingress_server
+            else "off",
+            settings.admin.host,
+            self.admin_server.port,
+            len(self.routes.triggers),
+        )
+
+    async def _report_ready(self) -> None:
+        """Tell systemd (READY=1, WATCHDOG=1) once ready, and keep the watchdog fed."""
+        while not self.draining:
+            if self.link.fatal is not None:
+                self.stopped.set()
+                return
+            if self.not_ready_reason() is None:
+                self.notifier.ready()
+            self.notifier.watchdog()
+            await asyncio.sleep(self.notifier.watchdog_interval() or 1.0)
+
+    async def _poll_queue_depths(self) -> None:
+        while True:
+            await asyncio.sleep(QUEUE_DEPTH_INTERVAL if self.link.ready.is_set() else 1.0)
+            conn = self.link.connection
+            if conn is None:
+                continue
+            try:
+                await self._queue_depths(conn)
+            except SETUP_ERRORS as exc:
+                log.debug("polling queue depths failed: %s", exc)
+
+    async def _queue_depths(self, conn: AbstractConnection) -> None:
+        queues: list[tuple[str, str, str]] = []
+        for trigger in self.routes.triggers:
+            queues.append(("trigger", trigger.key, trigger.queue))
+            queues.append(("dead_letter", trigger.key, trigger.dead_letter_queue))
+        for broker in self.routes.brokers:
+            queues.append(("unmatched", broker, names.unmatched(broker)))
+        channel = await conn.channel()
+        try:
+            for kind, owner, queue in queues:
+                ok = await channel.queue_declare(queue, passive=True)
+                self.metrics.child(self.metrics.queue_depth, kind, owner).set(ok.message_count)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    async def run(self, install_signals: bool = True) -> int:
+        """Start, serve until SIGTERM/SIGINT (SIGHUP reloads), drain; the exit code."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stopped.set)
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        await self.stopped.wait()
+        fatal = self.link.fatal
+        await self.drain()
+        return 1 if fatal is not None else 0
+
+    async def drain(self) -> None:
+        budget = self.settings.lifecycle.drain_timeout.total_seconds()
+        deadline = time.monotonic() + budget
+
+        def left() -> float:
+            return max(0.1, deadline - time.monotonic())
+
+        log.info("draining (budget %.0fs)", budget)
+        self.draining = True  # 1. not ready
+        self.notifier.stopping()
+        if self.ingress_server is not None:
+            self.ingress_server.stop_accepting()  # 2. stop accepting
+            await self.ingress_server.drain(left())  # 3. requests in flight finish publishing
+        await self.publisher.wait_idle(left())
+        await asyncio.gather(*(c.stop(left()) for c in self.consumers.values()))  # 4.
+        await self.link.stop()  # 5. close AMQP
+        await self.client.close()
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.tracing.shutdown(left())  # 6. flush telemetry
+        if self.admin_server is not None:
+            await self.admin_server.close()
+        log.info("drained; exiting")
+
+    # -- reload --
+    async def reload(self) -> bool:
+        """Re-read config and triggers; apply trigger and delivery changes without a restart."""
+        try:
+            loaded = load_config(self.config_path)
+            routes = build_routes(loaded)
+        except BridgeError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return False
+        old = {t.key: t for t in self.routes.triggers}
+        new = {t.key: t for t in routes.triggers}
+        conn = self.link.connection
+        if conn is None:
+            log.error("reload refused: not connected to RabbitMQ; send SIGHUP again later")
+            return False
+        channel = await conn.channel()
+        try:
+            self.declarer.routes = routes
+            for broker in routes.brokers:
+                await self.declarer.declare_broker(channel, broker)
+            for key, trigger in new.items():
+                before = old.get(key)
+                if before is not None and before.filter.bindings != trigger.filter.bindings:
+                    await self.declarer.unbind_trigger(channel, before)
+                await self.declarer.declare_trigger(channel, trigger)
+        except SETUP_ERRORS as exc:
+            log.error("reload failed while declaring topology: %s", exc)
+            return False
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        self.routes = routes
+        if self.ingress is not None:
+            self.ingress.routes = routes
+        if self.role in ("all", "dispatcher"):
+            await self._apply_consumers(old, new, routes, conn)
+        log.info("reloaded: %d trigger(s)", len(routes.triggers))
+        return True
+
+    async def _apply_consumers(
+        self,
+        old: dict[str, Trigger],
+        new: dict[str, Trigger],
+        routes: Routes,
+        conn: AbstractConnection,
+    ) -> None:
+        budget = self.settings.lifecycle.drain_timeout.total_seconds()
+        for key in old.keys() - new.keys():
+            for role in ("subscriber", "sink"):
+                consumer = self.consumers.pop((key, role), None)
+                if consumer is not None:
+                    self.link.remove(consumer)
+                    await consumer.stop(budget)
+        for key, trigger in new.items():
+            existing = [self.consumers.get((key, r)) for r in ("subscriber", "sink")]
+            if old.get(key) == trigger and existing[0] is not None:
+                for consumer in existing:
+                    if consumer is not None:
+                        consumer.routes = routes
+                continue
+            # New or changed: start the new consumer before stopping the old one.
+            for consumer in self._new_consumers(trigger):
+                await consumer.attach(conn)
+                previous = self.consumers.get((key, consumer.role))
+                self.consumers[(key, consumer.role)] = consumer
+                self.link.add(consumer)
+                if previous is not None:
+                    self.link.remove(previous)
+                    await previous.stop(budget)
+            if not trigger.delivery.dead_letter_sink:
+                stale = self.consumers.pop((key, "sink"), None)
+                if stale is not None:
+                    self.link.remove(stale)
+                    await stale.stop(budget)
+
+
+def render_json(doc: object) -> str:
+    return orjson.dumps(doc).decode("utf-8")
+
+
+async def run_daemon(
+    config_path: str | None, role: Role, on_started: Callable[[App], None] | None = None
+) -> int:
+    loaded = load_config(config_path)
+    app = App(loaded, role, config_path)
+    if on_started is not None:
+        on_started(app)
+    return await app.run()

@@ -1,0 +1,422 @@
+"""Settings: the TOML file, `BRIDGE_` environment overrides and Knative Trigger manifests.
+
+Everything here is validated once at start-up (or reload) and frozen; nothing in this module runs
+per event. Names mirror Knative's (`retry`, `backoffPolicy`, `backoffDelay`, `deadLetterSink`) so a
+Knative user recognises them. Unknown keys are errors, so a typo cannot pass silently.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from bridge.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "config.toml"
+_NUMBER = re.compile(r"^\s*[0-9]+(\.[0-9]+)?\s*$")
+# Kubernetes object names (DNS-1123 labels): bridge derives RabbitMQ names from them.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _duration(value: Any) -> Any:
+    """Accept plain seconds (number or numeric string) besides ISO-8601 (`PT0.2S`)."""
+    if isinstance(value, bool):
+        raise ValueError("a duration must be seconds or ISO-8601 such as PT0.2S")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration must not be negative")
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        if _NUMBER.match(value):
+            return timedelta(seconds=float(value))
+        if not value.strip().upper().startswith("P"):
+            raise ValueError(f"{value!r} is not a duration: use seconds or ISO-8601 such as PT0.2S")
+    return value
+
+
+def _non_negative(value: timedelta) -> timedelta:
+    if value < timedelta(0):
+        raise ValueError("a duration must not be negative")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration), AfterValidator(_non_negative)]
+
+
+def _dns_label(kind: str, value: str) -> str:
+    if len(value) > 63 or not _DNS_LABEL.match(value):
+        raise ValueError(
+            f"{kind} {value!r} must be a DNS label (lower-case letters, digits and '-', "
+            "at most 63 characters)"
+        )
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class IngressSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_event_bytes: int = Field(262144, ge=64)
+    auth_token: SecretStr = SecretStr("")
+    default_broker: str = "default/eventbridge-default-broker"
+    retry_after: int = Field(5, ge=1, description="seconds sent in Retry-After with a 503")
+    idle_timeout: Duration = timedelta(seconds=75)
+
+    @field_validator("default_broker")
+    @classmethod
+    def _broker_key(cls, value: str) -> str:
+        namespace, sep, name = value.partition("/")
+        if not sep:
+            raise ValueError(f"default_broker {value!r} must be written namespace/name")
+        _dns_label("namespace", namespace)
+        _dns_label("broker name", name)
+        return value
+
+
+class AdminSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(9090, ge=0, le=65535)
+
+
+class RabbitMQSettings(_Strict):
+    url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F")
+    queue_type: Literal["quorum", "classic"] = "quorum"
+    prefetch: int = Field(256, ge=1, le=65535)
+    publish_timeout: Duration = timedelta(seconds=5)
+    unmatched_max_length: int = Field(10000, ge=1)
+    reconnect_max_delay: Duration = timedelta(seconds=30)
+
+    @field_validator("url")
+    @classmethod
+    def _amqp_url(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("amqp://", "amqps://")):
+            raise ValueError("must be an amqp:// or amqps:// URL")
+        return value
+
+
+class KReference(_Strict):
+    """A Knative `ref`: the addressable object a subscriber or sink names."""
+
+    apiVersion: str = "serving.knative.dev/v1"
+    kind: str = "Service"
+    name: str
+    namespace: str | None = None
+    group: str | None = None
+
+
+class Destination(_Strict):
+    """A Knative Destination: `uri`, `ref`, or both (then `uri` is relative to the ref's URL)."""
+
+    uri: str | None = None
+    ref: KReference | None = None
+    CACerts: str | None = None
+    audience: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Destination:
+        if not self.uri and self.ref is None:
+            raise ValueError("needs a uri or a ref")
+        return self
+
+
+class DeliverySpec(_Strict):
+    """Knative's delivery spec; on a trigger each field is optional and falls back to [delivery]."""
+
+    retry: int | None = Field(None, ge=0)
+    backoffPolicy: Literal["exponential", "linear"] | None = None
+    backoffDelay: Duration | None = None
+    timeout: Duration | None = None
+    retryAfterMax: Duration | None = None
+    deadLetterSink: Destination | None = None
+    format: Literal["binary", "json"] | None = None
+
+
+class BrokerDelivery(DeliverySpec):
+    """The broker-wide default delivery spec: every field has a value."""
+
+    retry: int | None = Field(10, ge=0)
+    backoffPolicy: Literal["exponential", "linear"] | None = "exponential"
+    backoffDelay: Duration | None = timedelta(seconds=0.2)
+    timeout: Duration | None = timedelta(seconds=30)
+    format: Literal["binary", "json"] | None = "binary"
+
+
+class TracingSettings(_Strict):
+    enabled: bool = False
+    endpoint: str = "http://127.0.0.1:4317"
+    protocol: Literal["grpc", "http/protobuf"] = "grpc"
+    headers: dict[str, SecretStr] = {}
+    service_name: str = "bridge"
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+
+
+class ResolverSettings(_Strict):
+    template: str = "http://{name}.{namespace}.svc.cluster.local"
+    overrides: dict[str, str] = {}
+
+    @field_validator("template")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        try:
+            value.format(name="n", namespace="ns")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"template {value!r} may only use the placeholders {{name}} and {{namespace}}"
+            ) from exc
+        return value
+
+
+class LoggingSettings(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class LifecycleSettings(_Strict):
+    drain_timeout: Duration = timedelta(seconds=25)
+    watchdog: bool = True
+
+
+class FilterSpec(_Strict):
+    attributes: dict[str, str] = {}
+
+
+class TriggerSpec(_Strict):
+    """A trigger as written in TOML: a Knative Trigger's metadata.name + spec, flattened."""
+
+    name: str
+    namespace: str = "default"
+    broker: str = "default"
+    filter: FilterSpec | None = None
+    filters: list[dict[str, Any]] | None = None
+    subscriber: Destination
+    delivery: DeliverySpec | None = None
+    ordered: bool = False
+    parallelism: int = Field(64, ge=1, le=10000)
+
+    @field_validator("name", "namespace", "broker")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        return _dns_label("name", value)
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Precedence: environment (`BRIDGE_...`) > file > defaults."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BRIDGE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    ingress: IngressSettings = IngressSettings()
+    admin: AdminSettings = AdminSettings()
+    rabbitmq: RabbitMQSettings = RabbitMQSettings()
+    delivery: BrokerDelivery = BrokerDelivery()
+    tracing: TracingSettings = TracingSettings()
+    resolver: ResolverSettings = ResolverSettings()
+    logging: LoggingSettings = LoggingSettings()
+    lifecycle: LifecycleSettings = LifecycleSettings()
+    triggers_path: str = ""
+    triggers: list[TriggerSpec] = []
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's content arrives as init arguments; the environment overrides it.
+        return (env_settings, init_settings)
+
+
+class LoadedConfig(BaseModel):
+    """Settings plus every trigger with the place it was written (for error messages)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    settings: Settings
+    source: str
+    triggers: list[tuple[TriggerSpec, str]]
+
+
+def resolve_config_path(cli_path: str | None) -> Path | None:
+    """`--config`, else `$BRIDGE_CONFIG`, else `./config.toml`; None means built-in defaults."""
+    if cli_path:
+        path = Path(cli_path)
+        if not path.is_file():
+            raise ConfigError(f"{cli_path}: the configuration file does not exist.")
+        return path
+    env = os.environ.get("BRIDGE_CONFIG")
+    if env:
+        path = Path(env)
+        if not path.is_file():
+            raise ConfigError(f"{env} (from BRIDGE_CONFIG): the configuration file does not exist.")
+        return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def describe_validation_error(source: str, exc: ValidationError, prefix: str = "") -> str:
+    """One readable sentence per problem: the file, the field and what is wrong."""
+    problems = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = tuple(p for p in err["loc"] if p not in ("function-after", "function-before"))
+        field = _where(loc)
+        if prefix:
+            field = f"{prefix}.{field}" if field != "(top level)" else prefix
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (typo?)"
+        elif message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        problems.append(f"{source}: {field}: {message}")
+    return "; ".join(problems) + "."
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}.") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}.") from exc
+
+
+def load_settings(path: Path | None) -> Settings:
+    data = _read_toml(path) if path is not None else {}
+    source = str(path) if path is not None else "built-in defaults"
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(
+            describe_validation_error(f"{source} (or a BRIDGE_ environment variable)", exc)
+        ) from exc
+
+
+_ANNOTATION_ORDERED = ("bridge.knative.dev/ordered",)
+_ANNOTATION_PARALLELISM = (
+    "bridge.knative.dev/parallelism",
+    "rabbitmq.eventing.knative.dev/parallelism",
+)
+_SPEC_KEYS = {"broker", "filter", "filters", "subscriber", "delivery"}
+
+
+def _trigger_from_manifest(doc: dict[str, Any], where: str) -> TriggerSpec:
+    api = doc.get("apiVersion")
+    if api != "eventing.knative.dev/v1":
+        raise ConfigError(f"{where}: apiVersion: {api!r} is not eventing.knative.dev/v1.")
+    meta = doc.get("metadata")
+    spec = doc.get("spec")
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        raise ConfigError(f"{where}: metadata.name: a Trigger needs a name.")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: spec: a Trigger needs a spec mapping.")
+    unknown = sorted(set(spec) - _SPEC_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: spec.{unknown[0]}: unknown key (typo?).")
+    fields: dict[str, Any] = {k: v for k, v in spec.items() if v is not None}
+    fields["name"] = meta["name"]
+    fields["namespace"] = meta.get("namespace") or "default"
+    annotations = meta.get("annotations") or {}
+    if not isinstance(annotations, dict):
+        raise ConfigError(f"{where}: metadata.annotations: must be a mapping.")
+    for key in _ANNOTATION_ORDERED:
+        if key in annotations:
+            value = str(annotations[key]).lower()
+            if value not in ("true", "false"):
+                raise ConfigError(f"{where}: metadata.annotations.{key}: must be true or false.")
+            fields["ordered"] = value == "true"
+    for key in _ANNOTATION_PARALLELISM:
+        if key in annotations:
+            fields["parallelism"] = annotations[key]
+    try:
+        return TriggerSpec(**fields)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(where, exc, prefix="spec")) from exc
+
+
+def load_trigger_manifests(path: Path) -> list[tuple[TriggerSpec, str]]:
+    """Knative Trigger manifests from a YAML file or every *.yaml/*.yml file of a folder."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    elif path.is_file():
+        files = [path]
+    else:
+        raise ConfigError(f"triggers_path: {path} is neither a file nor a folder.")
+    found: list[tuple[TriggerSpec, str]] = []
+    for file in files:
+        try:
+            docs = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{file}: invalid YAML{at}.") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{file}: cannot be read ({exc}).") from exc
+        for index, doc in enumerate(docs, start=1):
+            if doc is None:
+                continue
+            where = f"{file} (document {index})" if len(docs) > 1 else str(file)
+            if not isinstance(doc, dict):
+                raise ConfigError(f"{where}: a manifest must be a mapping.")
+            if doc.get("kind") != "Trigger":
+                continue  # Services and other manifests may share the folder
+            found.append((_trigger_from_manifest(doc, where), where))
+    return found
+
+
+def load(cli_path: str | None = None) -> LoadedConfig:
+    """Load the file, environment overrides and trigger manifests (ConfigError when invalid)."""
+    path = resolve_config_path(cli_path)
+    settings = load_settings(path)
+    source = str(path) if path is not None else "built-in defaults"
+    triggers: list[tuple[TriggerSpec, str]] = [
+        (t, f"{source}: triggers[{i}]") for i, t in enumerate(settings.triggers)
+    ]
+    if settings.triggers_path:
+        manifests = Path(settings.triggers_path)
+        if not manifests.is_absolute() and path is not None:
+            manifests = path.parent / manifests
+        triggers.extend(load_trigger_manifests(manifests))
+    seen: dict[str, str] = {}
+    for spec, where in triggers:
+        key = f"{spec.namespace}/{spec.name}"
+        if key in seen:
+            raise ConfigError(f"{where}: trigger {key} is already defined in {seen[key]}.")
+        seen[key] = where
+    return LoadedConfig(settings=settings, source=source, triggers=triggers)

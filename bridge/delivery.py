@@ -1,0 +1,115 @@
+"""Delivery policy, pure: the effective delivery spec, outcome rules, backoff and Retry-After.
+
+Knative's rules: 2xx is success; connection errors, timeouts, 404, 408, 409, 429 and 5xx are
+retried; any other status is final and goes to the dead letters at once. Backoff before retry n
+(n = 1..retry): exponential `delay * 2^(n-1)`, linear `delay * n`. A `Retry-After` on 429 or 503
+(seconds or an HTTP date) is honoured, capped by `retryAfterMax`; the wait is the longer of the
+backoff and the (capped) Retry-After.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+from dataclasses import dataclass
+from typing import Literal
+
+from bridge.config import BrokerDelivery, DeliverySpec
+
+NO_RESPONSE = -1
+# Without retryAfterMax a Retry-After is still capped: one subscriber cannot park events for days.
+DEFAULT_RETRY_AFTER_CAP = 3600.0
+RETRYABLE_STATUSES = frozenset((404, 408, 409, 429))
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveDelivery:
+    """A trigger's delivery spec with every field resolved (trigger first, then [delivery])."""
+
+    retry: int
+    backoff_policy: Literal["exponential", "linear"]
+    backoff_delay: float
+    timeout: float
+    retry_after_max: float | None
+    dead_letter_sink: str | None
+    format: Literal["binary", "json"]
+
+    def backoff(self, retry_number: int) -> float:
+        """Seconds to wait before retry `retry_number` (1-based)."""
+        if self.backoff_policy == "linear":
+            return self.backoff_delay * retry_number
+        return float(self.backoff_delay * (2 ** (retry_number - 1)))
+
+    def schedule(self) -> list[float]:
+        return [self.backoff(n) for n in range(1, self.retry + 1)]
+
+    def retry_after_cap(self) -> float:
+        return self.retry_after_max if self.retry_after_max is not None else DEFAULT_RETRY_AFTER_CAP
+
+
+def effective_delivery(
+    spec: DeliverySpec | None, default: BrokerDelivery, sink_url: str | None
+) -> EffectiveDelivery:
+    def pick(name: str) -> object:
+        value = getattr(spec, name, None) if spec is not None else None
+        return value if value is not None else getattr(default, name)
+
+    retry_after_max = pick("retryAfterMax")
+    return EffectiveDelivery(
+        retry=int(pick("retry")),  # type: ignore[call-overload]
+        backoff_policy=pick("backoffPolicy"),  # type: ignore[arg-type]
+        backoff_delay=pick("backoffDelay").total_seconds(),  # type: ignore[attr-defined]
+        timeout=pick("timeout").total_seconds(),  # type: ignore[attr-defined]
+        retry_after_max=(
+            retry_after_max.total_seconds() if retry_after_max is not None else None  # type: ignore[attr-defined]
+        ),
+        dead_letter_sink=sink_url,
+        format=pick("format"),  # type: ignore[arg-type]
+    )
+
+
+class Outcome(enum.Enum):
+    SUCCESS = "success"
+    RETRY = "retry"
+    FAIL = "fail"
+
+
+def classify(status: int) -> Outcome:
+    """What a subscriber's answer means; NO_RESPONSE (-1) stands for connection errors/timeouts."""
+    if 200 <= status < 300:
+        return Outcome.SUCCESS
+    if status == NO_RESPONSE or status >= 500 or status in RETRYABLE_STATUSES:
+        return Outcome.RETRY
+    return Outcome.FAIL
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date); None if unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def retry_delay(
+    delivery: EffectiveDelivery,
+    retry_number: int,
+    status: int,
+    retry_after: str | None,
+    now: float,
+) -> float:
+    """The wait before retry `retry_number`: the backoff, or a longer honoured Retry-After."""
+    delay = delivery.backoff(retry_number)
+    if status in (429, 503):
+        asked = parse_retry_after(retry_after, now)
+        if asked is not None:
+            delay = max(delay, min(asked, delivery.retry_after_cap()))
+    return delay

@@ -1,0 +1,335 @@
+"""CloudEvents 1.0: decode HTTP requests, validate, and map to and from AMQP and HTTP binary mode.
+
+One representation everywhere, chosen so the hot path parses once and copies little: an `Event` is
+its attributes as a dict keyed by their binary-mode header names (`ce-id`, `ce-type`, ...; values
+are canonical strings), the `datacontenttype` kept apart (it travels as the AMQP `content_type` and
+the HTTP `Content-Type`), and the data as bytes. That dict is, unchanged, the AMQP headers of the
+stored message and, after percent-encoding, the headers of the outgoing HTTP request.
+
+Accepted HTTP encodings: binary (`ce-*` headers), structured (`application/cloudevents+json`),
+batched (`application/cloudevents-batch+json`, all or nothing) and the EventBridge envelope
+(`application/json` without `ce-specversion`, the body a whole event as JSON).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from bridge.errors import EventError
+
+PREFIX = "ce-"
+SPECVERSION = "1.0"
+TTL_ATTRIBUTE = "ce-knativebrokerttl"
+DEFAULT_TTL = 255
+
+_NAME = re.compile(r"^[a-z0-9]+$")
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+_BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
+_STRING_ATTRS = frozenset(
+    ("specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time")
+)
+# Header names of bridge's own AMQP headers; never CloudEvents attributes.
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+
+
+class Event:
+    """One CloudEvent: `attrs` keyed `ce-<name>`, the data content type, the data as bytes."""
+
+    __slots__ = ("attrs", "content_type", "data")
+
+    def __init__(self, attrs: dict[str, Any], content_type: str | None, data: bytes) -> None:
+        self.attrs = attrs
+        self.content_type = content_type
+        self.data = data
+
+    @property
+    def id(self) -> str:
+        return str(self.attrs.get("ce-id", ""))
+
+    @property
+    def type(self) -> str:
+        return str(self.attrs.get("ce-type", ""))
+
+    @property
+    def source(self) -> str:
+        return str(self.attrs.get("ce-source", ""))
+
+    def attributes(self) -> dict[str, str]:
+        """The attributes by their CloudEvents names (datacontenttype included)."""
+        out = {k[3:]: str(v) for k, v in self.attrs.items() if k.startswith(PREFIX)}
+        if self.content_type is not None:
+            out["datacontenttype"] = self.content_type
+        return out
+
+
+def media_type(content_type: str | None) -> str:
+    if not content_type:
+        return ""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def is_json_media(content_type: str | None) -> bool:
+    """CloudEvents' rule: absent, application/json, text/json or any `+json` type is JSON."""
+    mt = media_type(content_type)
+    return mt in ("", "application/json", "text/json") or mt.endswith("+json")
+
+
+# --- HTTP in ---------------------------------------------------------------------------------
+
+
+def decode_http(headers: Mapping[str, str], body: bytes) -> list[Event]:
+    """Decode one request into events; `headers` has lower-case names and latin-1 values.
+
+    Raises EventError with the HTTP status to answer (400 invalid, 415 unsupported format).
+    """
+    content_type = headers.get("content-type")
+    mt = media_type(content_type)
+    if mt.startswith("application/cloudevents-batch"):
+        if mt != "application/cloudevents-batch+json":
+            raise EventError(f"the batch format {mt!r} is not supported; use JSON.", 415)
+        return _decode_batch(body)
+    if mt.startswith("application/cloudevents"):
+        if mt != "application/cloudevents+json":
+            raise EventError(f"the structured format {mt!r} is not supported; use JSON.", 415)
+        return [event_from_json(_load_json(body), "")]
+    if "ce-specversion" in headers:
+        return [_decode_binary(headers, content_type, body)]
+    if mt == "application/json":
+        doc = _load_json(body)
+        if not isinstance(doc, dict) or "specversion" not in doc:
+            raise EventError(
+                "the JSON body is not a CloudEvent: it has no specversion, and there is no "
+                "ce-specversion header."
+            )
+        return [event_from_json(doc, "")]
+    raise EventError(
+        "the request is not a CloudEvent: it has no ce-specversion header and no "
+        "CloudEvents content type."
+    )
+
+
+def _load_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise EventError(f"the body is not valid JSON ({exc.args[0]}).") from None
+
+
+def _decode_batch(body: bytes) -> list[Event]:
+    doc = _load_json(body)
+    if not isinstance(doc, list):
+        raise EventError("a batch must be a JSON array of events.")
+    return [event_from_json(item, f"event [{i}]: ") for i, item in enumerate(doc)]
+
+
+def _percent_decode(raw: str, name: str) -> str:
+    if "%" not in raw:
+        if raw.isascii():
+            return raw
+        try:
+            return raw.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            raise EventError(f"the header {name} is not valid UTF-8.") from None
+    data = raw.encode("latin-1")
+    if _BAD_PERCENT.search(data):
+        raise EventError(f"the header {name} has a malformed percent-encoding.")
+    decoded = _PERCENT.sub(lambda m: bytes((int(m.group(1), 16),)), data)
+    try:
+        return decoded.decode("utf-8")
+    except UnicodeError:
+        raise EventError(f"the header {name} does not percent-encode valid UTF-8.") from None
+
+
+def _decode_binary(headers: Mapping[str, str], content_type: str | None, body: bytes) -> Event:
+    attrs: dict[str, Any] = {}
+    for name, raw in headers.items():
+        if not name.startswith(PREFIX):
+            continue
+        attr = name[3:]
+        if not _NAME.match(attr) or attr in ("data", "datacontenttype"):
+            raise EventError(f"the header {name} does not name a valid CloudEvents attribute.")
+        attrs[name] = _percent_decode(raw, name)
+    if content_type is not None and content_type.strip() == "":
+        content_type = None
+    _validate(attrs, content_type, "")
+    return Event(attrs, content_type, body)
+
+
+def event_from_json(doc: Any, where: str) -> Event:
+    """A structured-mode (JSON format) event; `where` prefixes error messages in batches."""
+    if not isinstance(doc, dict):
+        raise EventError(f"{where}a CloudEvent in JSON must be an object.")
+    attrs: dict[str, Any] = {}
+    content_type: str | None = None
+    has_data = has_b64 = False
+    value: Any
+    for key, value in doc.items():
+        if key == "data":
+            has_data = True
+            continue
+        if key == "data_base64":
+            has_b64 = True
+            continue
+        if not _NAME.match(key):
+            raise EventError(f"{where}{key!r} is not a valid CloudEvents attribute name.")
+        if value is None:
+            continue  # null means absent
+        if key in _STRING_ATTRS:
+            if not isinstance(value, str):
+                raise EventError(f"{where}the attribute {key} must be a string.")
+            if key == "datacontenttype":
+                content_type = value
+                continue
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, int):
+            value = str(value)
+        elif not isinstance(value, str):
+            raise EventError(
+                f"{where}the extension {key} must be a string, an integer or a boolean."
+            )
+        attrs[PREFIX + key] = value
+    if has_data and has_b64:
+        raise EventError(f"{where}an event must not carry both data and data_base64.")
+    _validate(attrs, content_type, where)
+    data = b""
+    if has_b64:
+        encoded = doc["data_base64"]
+        if encoded is not None:
+            if not isinstance(encoded, str):
+                raise EventError(f"{where}data_base64 must be a string.")
+            try:
+                data = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                raise EventError(f"{where}data_base64 is not valid base64.") from None
+    elif has_data:
+        value = doc["data"]
+        if value is not None:
+            if is_json_media(content_type):
+                data = orjson.dumps(value)
+                if content_type is None:
+                    content_type = "application/json"
+            elif isinstance(value, str):
+                data = value.encode("utf-8")
+            else:
+                data = orjson.dumps(value)
+    return Event(attrs, content_type, data)
+
+
+def _validate(attrs: dict[str, Any], content_type: str | None, where: str) -> None:
+    specversion = attrs.get("ce-specversion")
+    if specversion != SPECVERSION:
+        if specversion is None:
+            raise EventError(f"{where}the event has no specversion.")
+        raise EventError(f"{where}specversion {specversion!r} is not supported; use 1.0.")
+    for required in ("id", "source", "type"):
+        value = attrs.get(PREFIX + required)
+        if not value:
+            raise EventError(f"{where}the event has no {required}, or it is empty.")
+    for optional in ("subject", "dataschema"):
+        if attrs.get(PREFIX + optional) == "":
+            raise EventError(f"{where}the attribute {optional} must not be empty when present.")
+    if content_type is not None and content_type == "":
+        raise EventError(f"{where}datacontenttype must not be empty when present.")
+    time = attrs.get("ce-time")
+    if time is not None and not _RFC3339.match(time):
+        raise EventError(f"{where}time {time!r} is not an RFC 3339 timestamp.")
+    ttl = attrs.get(TTL_ATTRIBUTE)
+    if ttl is None:
+        attrs[TTL_ATTRIBUTE] = "255"
+    else:
+        try:
+            number = int(ttl)
+        except ValueError:
+            raise EventError(f"{where}knativebrokerttl {ttl!r} is not an integer.") from None
+        if number <= 0:
+            raise EventError(
+                f"{where}knativebrokerttl is {number}: the event has used up its broker hops."
+            )
+
+
+# --- HTTP out --------------------------------------------------------------------------------
+
+
+def _needs_encoding(value: str) -> bool:
+    if not value.isascii():
+        return True
+    return not value.isprintable() or " " in value or '"' in value or "%" in value
+
+
+def percent_encode(value: str) -> str:
+    """CloudEvents HTTP binding: encode space, `"`, `%` and anything outside printable ASCII."""
+    if not _needs_encoding(value):
+        return value
+    out = []
+    for byte in value.encode("utf-8"):
+        if 0x21 <= byte <= 0x7E and byte not in (0x22, 0x25):
+            out.append(chr(byte))
+        else:
+            out.append(f"%{byte:02X}")
+    return "".join(out)
+
+
+def binary_headers(event: Event, skip: Iterable[str] = (TTL_ATTRIBUTE,)) -> dict[str, str]:
+    """HTTP binary-mode headers for an event (without the broker's TTL, as Knative does)."""
+    headers: dict[str, str] = {}
+    for name, value in event.attrs.items():
+        if name.startswith(PREFIX) and name not in skip:
+            text = value if isinstance(value, str) else str(value)
+            headers[name] = percent_encode(text)
+    if event.content_type is not None:
+        headers["content-type"] = event.content_type
+    return headers
+
+
+def structured_json(event: Event, skip: Iterable[str] = (TTL_ATTRIBUTE,)) -> bytes:
+    """The event in the JSON event format (`application/cloudevents+json`)."""
+    doc: dict[str, Any] = {}
+    for name, value in event.attrs.items():
+        if name.startswith(PREFIX) and name not in skip:
+            doc[name[3:]] = value if isinstance(value, str) else str(value)
+    if event.content_type is not None:
+        doc["datacontenttype"] = event.content_type
+    if event.data:
+        if is_json_media(event.content_type):
+            try:
+                doc["data"] = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                doc["data_base64"] = base64.b64encode(event.data).decode("ascii")
+        elif event.content_type is not None and media_type(event.content_type).startswith("text/"):
+            try:
+                doc["data"] = event.data.decode("utf-8")
+            except UnicodeError:
+                doc["data_base64"] = base64.b64encode(event.data).decode("ascii")
+        else:
+            doc["data_base64"] = base64.b64encode(event.data).decode("ascii")
+    return orjson.dumps(doc)
+
+
+def event_from_reply(headers: Mapping[str, str], body: bytes) -> Event | None:
+    """A subscriber's 2xx answer as a CloudEvent, or None when it is not one (it is ignored)."""
+    mt = media_type(headers.get("content-type"))
+    if "ce-specversion" not in headers and not mt.startswith("application/cloudevents"):
+        return None
+    try:
+        events = decode_http(headers, body)
+    except EventError:
+        return None
+    return events[0] if len(events) == 1 else None
+
+
+# --- AMQP ------------------------------------------------------------------------------------
+
+
+def from_amqp(headers: Mapping[str, Any] | None, content_type: str | None, body: bytes) -> Event:
+    """An event stored by bridge: the AMQP headers are its attributes (plus bridge's own)."""
+    attrs = dict(headers) if headers else {}
+    return Event(attrs, content_type, body)

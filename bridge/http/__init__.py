@@ -1,0 +1,1 @@
+"""HTTP adapter: the small server bridge listens with and the subscriber client."""

@@ -1,0 +1,147 @@
+"""HTTP in -> durable publish: the Knative broker ingress that EventBridge delivers to.
+
+Checks in order, from the headers alone before the body is read: method (405; OPTIONS answers
+200 for webhook validation), token (401, constant-time), broker path (404), declared size (413).
+Then the body is decoded once (400/415), each event is routed (to its broker's exchange, or to
+the broker's `unmatched` queue when no trigger matches) and published; 202 only once RabbitMQ
+confirmed every event of the request, else 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from typing import Any
+
+from bridge import names
+from bridge.amqp.publisher import Publisher
+from bridge.errors import BrokerUnavailable, EventError
+from bridge.events import TRACEPARENT, TRACESTATE, Event, decode_http
+from bridge.http.server import Handler, Request, Response, json_error
+from bridge.telemetry.metrics import Metrics
+from bridge.triggers import Routes
+
+log = logging.getLogger("bridge.ingress")
+
+ACCEPTED = Response(202)
+ALLOW = [("allow", "POST, OPTIONS")]
+
+
+class Ingress(Handler):
+    def __init__(
+        self,
+        routes: Routes,
+        publisher: Publisher,
+        metrics: Metrics,
+        *,
+        max_event_bytes: int,
+        auth_token: str,
+        retry_after: int,
+    ) -> None:
+        self.routes = routes
+        self.max_body = max_event_bytes
+        self._publisher = publisher
+        self._metrics = metrics
+        self._token = auth_token.encode("utf-8") if auth_token else b""
+        self._retry_after = str(retry_after)
+
+    # -- before the body --
+    def early(self, request: Request, content_length: int | None) -> Response | None:
+        assert self.max_body is not None
+        method = request.method
+        if method == "OPTIONS":
+            return self._options(request)
+        if method != "POST":
+            return json_error(405, f"{method} is not allowed; send events with POST.", ALLOW)
+        if self._token and not self._authorized(request.headers):
+            self._reject("", "unauthorized")
+            return json_error(
+                401,
+                "a valid token is required (Authorization: Bearer or "
+                "x-eventbridge-signature-token).",
+                [("www-authenticate", "Bearer")],
+            )
+        broker = self.routes.broker_for_path(request.path)
+        if broker is None:
+            self._reject("", "unknown_broker")
+            return json_error(404, f"no broker is served at {request.path[:200]!r}.")
+        if content_length is not None and content_length > self.max_body:
+            self._reject(broker, "too_large")
+            return json_error(
+                413, f"the body ({content_length} bytes) is larger than {self.max_body} bytes."
+            )
+        return None
+
+    def _options(self, request: Request) -> Response:
+        headers = list(ALLOW)
+        origin = request.headers.get("webhook-request-origin")
+        if origin is not None:
+            headers += [("webhook-allowed-origin", origin), ("webhook-allowed-rate", "*")]
+        return Response(200, b"", headers)
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        given = headers.get("x-eventbridge-signature-token")
+        if given is None:
+            auth = headers.get("authorization", "")
+            scheme, _, value = auth.partition(" ")
+            if scheme.lower() != "bearer":
+                return False
+            given = value.strip()
+        return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self._token)
+
+    def _reject(self, broker: str, reason: str) -> None:
+        self._metrics.received(broker, "rejected", reason).inc()
+
+    # -- with the body --
+    async def handle(self, request: Request) -> Response:
+        broker = self.routes.broker_for_path(request.path)
+        if broker is None:  # the routes were swapped by a reload since the headers arrived
+            self._reject("", "unknown_broker")
+            return json_error(404, f"no broker is served at {request.path[:200]!r}.")
+        try:
+            events = decode_http(request.headers, request.body)
+        except EventError as exc:
+            reason = "unsupported_format" if exc.status == 415 else "invalid"
+            self._reject(broker, reason)
+            return json_error(exc.status, str(exc))
+        headers = request.headers
+        traceparent = headers.get("traceparent")
+        try:
+            if len(events) == 1:
+                await self._publish(broker, events[0], traceparent, headers.get("tracestate"))
+            elif events:
+                await asyncio.gather(
+                    *(
+                        self._publish(broker, e, traceparent, headers.get("tracestate"))
+                        for e in events
+                    )
+                )
+        except BrokerUnavailable as exc:
+            self._metrics.received(broker, "unavailable").inc(len(events))
+            log.warning("answering 503: %s", exc)
+            return json_error(
+                503,
+                "bridge cannot store the event right now; send it again later.",
+                [("retry-after", self._retry_after)],
+            )
+        self._metrics.received(broker, "accepted").inc(len(events))
+        return ACCEPTED
+
+    async def _publish(
+        self, broker: str, event: Event, traceparent: str | None, tracestate: str | None
+    ) -> None:
+        attrs: dict[str, Any] = event.attrs
+        if traceparent is not None:
+            attrs[TRACEPARENT] = traceparent
+            if tracestate is not None:
+                attrs[TRACESTATE] = tracestate
+        attrs[names.RECEIVED] = int(time.time() * 1000)
+        matched = self.routes.matches_any(broker, attrs)
+        exchange = names.broker_exchange(broker) if matched else names.unmatched(broker)
+        await self._publisher.publish(
+            event.data, attrs, event.content_type, exchange=exchange, message_id=event.id
+        )
+        if not matched:
+            self._metrics.child(self._metrics.unmatched, broker).inc()

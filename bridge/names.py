@@ -1,0 +1,75 @@
+"""RabbitMQ names, in one place: every exchange and queue bridge uses is derived here.
+
+bridge.broker.<ns>.<broker>      headers exchange per broker; triggers bind with x-match=all
+bridge.unmatched.<ns>.<broker>   fanout exchange + bounded queue: events no trigger matched
+bridge.trigger.<ns>.<trigger>    a trigger's queue (quorum by default)
+bridge.dlq.<ns>.<trigger>        a trigger's dead letters
+bridge.dls.<ns>.<trigger>        dead letters on their way to the trigger's deadLetterSink
+bridge.delay.<ms>                waiting retries; expired messages go to bridge.retry
+bridge.retry                     headers exchange routing on `bridge-route` (a queue name)
+bridge.catalog                   one message per trigger ever declared (for topology prune)
+"""
+
+from __future__ import annotations
+
+PREFIX = "bridge."
+RETRY_EXCHANGE = "bridge.retry"
+CATALOG = "bridge.catalog"
+DELAY_PREFIX = "bridge.delay."
+TRIGGER_PREFIX = "bridge.trigger."
+DLQ_PREFIX = "bridge.dlq."
+SINK_PREFIX = "bridge.dls."
+
+# bridge's own AMQP headers (CloudEvents attributes are the `ce-*` headers).
+ROUTE = "bridge-route"  # queue a waiting retry or a replayed dead letter goes back to
+ATTEMPTS = "bridge-attempts"  # delivery attempts already made
+RECEIVED = "bridge-received"  # ingress time, epoch milliseconds (end-to-end latency)
+TRIGGER = "bridge-trigger"  # namespace/name of the trigger a dead letter failed on
+FIRST_FAILURE = "bridge-first-failure"
+LAST_FAILURE = "bridge-last-failure"
+LAST_ERROR = "bridge-last-error"
+LAST_STATUS = "bridge-last-status"
+DEAD_LETTERED = "bridge-dead-lettered"
+
+
+def _split(key: str) -> tuple[str, str]:
+    namespace, _, name = key.partition("/")
+    return namespace, name
+
+
+def broker_exchange(broker_key: str) -> str:
+    ns, name = _split(broker_key)
+    return f"bridge.broker.{ns}.{name}"
+
+
+def unmatched(broker_key: str) -> str:
+    ns, name = _split(broker_key)
+    return f"bridge.unmatched.{ns}.{name}"
+
+
+def trigger_queue(trigger_key: str) -> str:
+    ns, name = _split(trigger_key)
+    return f"{TRIGGER_PREFIX}{ns}.{name}"
+
+
+def dead_letter_queue(trigger_key: str) -> str:
+    ns, name = _split(trigger_key)
+    return f"{DLQ_PREFIX}{ns}.{name}"
+
+
+def sink_queue(trigger_key: str) -> str:
+    ns, name = _split(trigger_key)
+    return f"{SINK_PREFIX}{ns}.{name}"
+
+
+def delay_queue(milliseconds: int) -> str:
+    return f"{DELAY_PREFIX}{milliseconds}"
+
+
+def trigger_of_queue(queue: str) -> str | None:
+    """The trigger key (namespace/name) a trigger, dead-letter or sink queue belongs to."""
+    for prefix in (TRIGGER_PREFIX, DLQ_PREFIX, SINK_PREFIX):
+        if queue.startswith(prefix):
+            ns, _, name = queue[len(prefix) :].partition(".")
+            return f"{ns}/{name}" if name else None
+    return None

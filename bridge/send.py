@@ -1,0 +1,64 @@
+"""`bridge send`: post one event the way EventBridge does (the whole event as a JSON body)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import aiohttp
+
+from bridge.errors import BridgeError
+
+SAMPLES = {
+    "oss-put-object": "oss-put-object.json",
+    "actiontrail-console-operation": "actiontrail-console-operation.json",
+}
+
+
+class SendError(BridgeError):
+    """The event could not be built or sent."""
+
+
+def sample_event(name: str) -> dict[str, Any]:
+    """A sample of the reference scenario, with a fresh id so each send is a new event."""
+    if name not in SAMPLES:
+        raise SendError(f"unknown sample {name!r}; choose one of {', '.join(sorted(SAMPLES))}.")
+    text = resources.files("bridge").joinpath("samples", SAMPLES[name]).read_text("utf-8")
+    event: dict[str, Any] = json.loads(text)
+    event["id"] = str(uuid.uuid4())
+    return event
+
+
+def custom_event(type_: str, source: str, data: str | None) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": source,
+        "type": type_,
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+    }
+    if data is not None:
+        try:
+            event["data"] = json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise SendError(f"--data is not valid JSON ({exc.msg}).") from None
+        event["datacontenttype"] = "application/json"
+    return event
+
+
+async def post_event(url: str, event: dict[str, Any], token: str | None) -> tuple[int, str]:
+    headers = {"Content-Type": "application/json;charset=utf-8"}
+    if token:
+        headers["x-eventbridge-signature-token"] = token
+    body = json.dumps(event).encode("utf-8")
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(30)) as r,
+        ):
+            return r.status, (await r.read()).decode("utf-8", "replace")
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise SendError(f"cannot post to {url}: {exc or exc.__class__.__name__}.") from None

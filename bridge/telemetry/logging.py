@@ -1,0 +1,65 @@
+"""Logs as JSON lines on stderr, with trace and span ids, event id and trigger; no secrets."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from bridge.redact import redact_text
+
+_EXTRA_FIELDS = ("event_id", "trigger", "broker", "trace_id", "span_id")
+_secrets: tuple[str, ...] = ()
+
+
+def register_secrets(*secrets: str) -> None:
+    """Values that must never appear in a log line (tokens, passwords)."""
+    global _secrets
+    _secrets = tuple(s for s in (*_secrets, *secrets) if s)
+
+
+class JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": redact_text(record.getMessage(), _secrets),
+        }
+        for field in _EXTRA_FIELDS:
+            value = getattr(record, field, None)
+            if value is not None:
+                doc[field] = value
+        if "trace_id" not in doc:
+            ids = current_trace_ids()
+            if ids is not None:
+                doc["trace_id"], doc["span_id"] = ids
+        if record.exc_info:
+            doc["exception"] = redact_text(self.formatException(record.exc_info), _secrets)
+        return orjson.dumps(doc).decode("utf-8")
+
+
+def current_trace_ids() -> tuple[str, str] | None:
+    """The active span's ids, when tracing is on and a span is active."""
+    from opentelemetry import trace
+
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JSONFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # aiormq logs each ignored late confirm at WARNING; bridge reports those itself.
+    logging.getLogger("aiormq").setLevel(logging.ERROR)

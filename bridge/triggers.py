@@ -1,0 +1,189 @@
+"""Triggers resolved for running: subscriber URLs, effective delivery, compiled filters, routes.
+
+`build_routes` turns the loaded configuration into `Routes`, an immutable snapshot the ingress
+and the dispatchers share; a reload builds a new snapshot and swaps it whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import urljoin, urlsplit
+
+from bridge import names
+from bridge.config import Destination, LoadedConfig, ResolverSettings
+from bridge.delivery import EffectiveDelivery, effective_delivery
+from bridge.errors import ConfigError
+from bridge.filters import Attributes, CompiledFilter, compile_trigger_filter
+from bridge.redact import redact_url
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    key: str  # namespace/name
+    broker_key: str  # namespace/broker
+    subscriber: str
+    delivery: EffectiveDelivery
+    filter: CompiledFilter
+    ordered: bool
+    parallelism: int
+    source: str
+
+    @property
+    def namespace(self) -> str:
+        return self.key.partition("/")[0]
+
+    @property
+    def name(self) -> str:
+        return self.key.partition("/")[2]
+
+    @property
+    def queue(self) -> str:
+        return names.trigger_queue(self.key)
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return names.dead_letter_queue(self.key)
+
+    @property
+    def sink_queue(self) -> str:
+        return names.sink_queue(self.key)
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Brokers and their triggers; which HTTP path serves which broker."""
+
+    default_broker: str
+    triggers: tuple[Trigger, ...]
+    by_broker: dict[str, tuple[Trigger, ...]] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def brokers(self) -> list[str]:
+        return sorted(self.by_broker)
+
+    def trigger(self, key: str) -> Trigger | None:
+        for trigger in self.triggers:
+            if trigger.key == key:
+                return trigger
+        return None
+
+    def broker_for_path(self, path: str) -> str | None:
+        return self.paths.get(path)
+
+    def matches_any(self, broker_key: str, attrs: Attributes) -> bool:
+        for trigger in self.by_broker.get(broker_key, ()):
+            if trigger.filter.predicate(attrs):
+                return True
+        return False
+
+
+def _check_url(url: str, where: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: {url!r} is not an absolute http(s) URL.")
+    return url
+
+
+def resolve_destination(
+    dest: Destination, namespace: str, resolver: ResolverSettings, where: str
+) -> str:
+    """A Knative Destination as a URL: `uri`, or `ref` via overrides/template (+ relative `uri`)."""
+    if dest.ref is None:
+        assert dest.uri is not None
+        return _check_url(dest.uri, f"{where}.uri")
+    ref_ns = dest.ref.namespace or namespace
+    key = f"{ref_ns}/{dest.ref.name}"
+    if key in resolver.overrides:
+        base = resolver.overrides[key]
+    else:
+        base = resolver.template.format(name=dest.ref.name, namespace=ref_ns)
+    base = _check_url(base, f"{where}.ref ({key})")
+    if dest.uri:
+        return _check_url(urljoin(base.rstrip("/") + "/", dest.uri), f"{where}.uri")
+    return base
+
+
+def build_routes(loaded: LoadedConfig) -> Routes:
+    settings = loaded.settings
+    default_broker = settings.ingress.default_broker
+    triggers: list[Trigger] = []
+    for spec, where in loaded.triggers:
+        subscriber = resolve_destination(
+            spec.subscriber, spec.namespace, settings.resolver, f"{where}: subscriber"
+        )
+        sink_dest = (spec.delivery.deadLetterSink if spec.delivery else None) or (
+            settings.delivery.deadLetterSink
+        )
+        sink = (
+            resolve_destination(
+                sink_dest, spec.namespace, settings.resolver, f"{where}: delivery.deadLetterSink"
+            )
+            if sink_dest is not None
+            else None
+        )
+        delivery = effective_delivery(spec.delivery, settings.delivery, sink)
+        compiled = compile_trigger_filter(
+            spec.filter.attributes if spec.filter else None, spec.filters, where
+        )
+        triggers.append(
+            Trigger(
+                key=f"{spec.namespace}/{spec.name}",
+                broker_key=f"{spec.namespace}/{spec.broker}",
+                subscriber=subscriber,
+                delivery=delivery,
+                filter=compiled,
+                ordered=spec.ordered,
+                parallelism=1 if spec.ordered else spec.parallelism,
+                source=where,
+            )
+        )
+    by_broker: dict[str, list[Trigger]] = {default_broker: []}
+    for trigger in triggers:
+        by_broker.setdefault(trigger.broker_key, []).append(trigger)
+    paths = {"/": default_broker}
+    for broker in by_broker:
+        paths[f"/{broker}"] = broker
+        paths[f"/{broker}/"] = broker
+    return Routes(
+        default_broker=default_broker,
+        triggers=tuple(triggers),
+        by_broker={k: tuple(v) for k, v in by_broker.items()},
+        paths=paths,
+    )
+
+
+def _duration(seconds: float) -> str:
+    text = f"{seconds:.3f}".rstrip("0").rstrip(".")
+    return f"PT{text}S"
+
+
+def describe(routes: Routes) -> str:
+    """The resolved triggers, as `bridge check-config` prints them."""
+    lines = [f"brokers: {', '.join(routes.brokers)} (default: {routes.default_broker})"]
+    if not routes.triggers:
+        lines.append("triggers: none")
+    for t in routes.triggers:
+        d = t.delivery
+        parts = [
+            f"retry={d.retry}",
+            f"backoffPolicy={d.backoff_policy}",
+            f"backoffDelay={_duration(d.backoff_delay)}",
+            f"timeout={_duration(d.timeout)}",
+            f"format={d.format}",
+        ]
+        if d.retry_after_max is not None:
+            parts.append(f"retryAfterMax={_duration(d.retry_after_max)}")
+        if d.dead_letter_sink:
+            parts.append(f"deadLetterSink={redact_url(d.dead_letter_sink)}")
+        mode = "ordered" if t.ordered else f"parallelism={t.parallelism}"
+        lines += [
+            f"trigger {t.key}",
+            f"  broker:     {t.broker_key}",
+            f"  filter:     {t.filter.description}",
+            f"  subscriber: {redact_url(t.subscriber)}",
+            f"  delivery:   {' '.join(parts)}",
+            f"  dispatch:   {mode}",
+            f"  defined in: {t.source}",
+        ]
+    return "\n".join(lines)
