@@ -104,7 +104,13 @@ class AMQPLink:
 
     def start(self) -> asyncio.Task[None]:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="amqp-link")
+        self._task.add_done_callback(self._ended)
         return self._task
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.fatal = task.exception()
+            log.error("the RabbitMQ link stopped: %r", self.fatal, exc_info=self.fatal)
 
     async def wait_ready(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
@@ -152,7 +158,7 @@ class AMQPLink:
             )
 
         async for attempt in AsyncRetrying(
-            wait=wait_exponential_jitter(initial=0.2, max=self._max_delay),
+            wait=wait_exponential_jitter(multiplier=0.2, max=self._max_delay, jitter=0.5),
             retry=retry_if_exception_type(BrokerUnavailable),
             before_sleep=before_sleep,
             reraise=True,
@@ -184,8 +190,8 @@ class AMQPLink:
                 await self._close(conn)
                 await self._detach_all()
                 return
-            except SETUP_ERRORS as exc:
-                log.warning("setting up on RabbitMQ failed, retrying: %s", redact_text(str(exc)))
+            except Exception as exc:
+                log.warning("setting up on RabbitMQ failed, retrying: %s", redact_text(repr(exc)))
                 await self._close(conn)
                 await self._detach_all()
                 await asyncio.sleep(0.5)

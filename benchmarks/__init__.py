@@ -1,0 +1,1 @@
+"""Benchmarks: figures, never pass/fail timings (see benchmarks/README.md)."""
