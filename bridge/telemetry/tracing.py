@@ -1,17 +1,232 @@
-"""OpenTelemetry tracing (OTLP). Off by default; W3C trace context is propagated either way."""
+"""OpenTelemetry tracing: one trace per event, from ingress through every delivery attempt.
+
+Off by default. When off, bridge still carries the W3C `traceparent`/`tracestate` it received
+(AMQP headers in between) and pays nothing else. When on, spans follow the OpenTelemetry
+messaging, HTTP and CloudEvents conventions:
+
+    POST /<ns>/<broker>            SERVER   ingress receive (continues an incoming traceparent)
+      publish <exchange>           PRODUCER one per event; its context rides in AMQP headers
+        process <queue>            CONSUMER one per delivery attempt
+          POST                     CLIENT   the HTTP request; its context goes to the subscriber
+          retry <queue>            PRODUCER a retry scheduled in a delay queue
+          dead-letter <queue>      PRODUCER the dead letter
+          publish reply            PRODUCER a reply event re-entering the broker
+
+The ParentBased(TraceIdRatioBased) sampler keeps the subscriber's view consistent with the
+sampling decision made at ingress. Spans are exported by OTLP (gRPC or HTTP) in batches.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from bridge import __version__
 from bridge.config import TracingSettings
+from bridge.redact import redact_url
+
+log = logging.getLogger("bridge.tracing")
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def _exporter(settings: TracingSettings) -> SpanExporter:
+    headers = {k: v.get_secret_value() for k, v in settings.headers.items()}
+    if settings.protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcExporter,
+        )
+
+        parts = urlsplit(settings.endpoint)
+        return GrpcExporter(
+            endpoint=settings.endpoint,
+            insecure=parts.scheme != "https",
+            headers=headers or None,
+        )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpExporter,
+    )
+
+    endpoint = settings.endpoint
+    if urlsplit(endpoint).path in ("", "/"):
+        endpoint = endpoint.rstrip("/") + "/v1/traces"
+    return HttpExporter(endpoint=endpoint, headers=headers or None)
+
+
+def event_attributes(attrs: Mapping[str, Any]) -> dict[str, str]:
+    """OpenTelemetry CloudEvents attributes of an event (header-form keys)."""
+    out = {
+        "cloudevents.event_id": str(attrs.get("ce-id", "")),
+        "cloudevents.event_source": str(attrs.get("ce-source", "")),
+        "cloudevents.event_type": str(attrs.get("ce-type", "")),
+        "cloudevents.event_spec_version": str(attrs.get("ce-specversion", "")),
+    }
+    subject = attrs.get("ce-subject")
+    if subject is not None:
+        out["cloudevents.event_subject"] = str(subject)
+    return out
 
 
 class Tracing:
-    def __init__(self, settings: TracingSettings) -> None:
+    """The tracer of one bridge process; `enabled` is False when tracing is off."""
+
+    def __init__(
+        self,
+        settings: TracingSettings,
+        processor: SpanProcessor | None = None,
+    ) -> None:
         self.settings = settings
         self.enabled = settings.enabled
+        self._processor = processor
+        self._provider: TracerProvider | None = None
+        self.tracer: trace.Tracer = trace.NoOpTracer()
 
     def start(self) -> None:
-        return None
+        if not self.enabled:
+            return
+        resource = Resource.create(
+            {"service.name": self.settings.service_name, "service.version": __version__}
+        )
+        provider = TracerProvider(
+            resource=resource,
+            sampler=ParentBased(TraceIdRatioBased(self.settings.sample_ratio)),
+        )
+        processor = self._processor or BatchSpanProcessor(_exporter(self.settings))
+        provider.add_span_processor(processor)
+        self._provider = provider
+        self.tracer = provider.get_tracer("bridge", __version__)
+        log.info(
+            "tracing on: OTLP %s to %s, sample ratio %s",
+            self.settings.protocol,
+            redact_url(self.settings.endpoint),
+            self.settings.sample_ratio,
+        )
 
     def shutdown(self, timeout: float) -> None:
-        return None
+        provider = self._provider
+        if provider is None:
+            return
+        try:
+            provider.force_flush(int(timeout * 1000))
+            provider.shutdown()
+        except Exception as exc:  # an exporter failing at exit must not block the drain
+            log.warning("flushing traces failed: %s", exc)
+        self._provider = None
+
+    # -- context propagation --
+    @staticmethod
+    def extract(carrier: Mapping[str, Any]) -> otel_context.Context:
+        """The parent context carried as W3C headers (HTTP request or AMQP headers)."""
+        traceparent = carrier.get("traceparent")
+        if traceparent is None:
+            return otel_context.Context()
+        values = {"traceparent": str(traceparent)}
+        tracestate = carrier.get("tracestate")
+        if tracestate is not None:
+            values["tracestate"] = str(tracestate)
+        return _PROPAGATOR.extract(values)
+
+    @staticmethod
+    def inject(span: Span, carrier: MutableMapping[str, Any]) -> None:
+        """Write `span`'s context as `traceparent` (and `tracestate`) into `carrier`."""
+        ctx = span.get_span_context()
+        if not ctx.is_valid:
+            return
+        carrier["traceparent"] = (
+            f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+        )
+        if ctx.trace_state:
+            carrier["tracestate"] = ctx.trace_state.to_header()
+        else:
+            carrier.pop("tracestate", None)
+
+    # -- spans --
+    def server_span(self, path: str, headers: Mapping[str, str], peer: str) -> Span:
+        return self.tracer.start_span(
+            f"POST {path}",
+            context=self.extract(headers),
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": "POST",
+                "url.path": path,
+                "network.peer.address": peer.rsplit(":", 1)[0],
+            },
+        )
+
+    def producer_span(
+        self,
+        name: str,
+        parent: Span | otel_context.Context | None,
+        destination: str,
+        attrs: Mapping[str, Any],
+        operation: str = "publish",
+    ) -> Span:
+        ctx = trace.set_span_in_context(parent) if isinstance(parent, Span) else parent
+        attributes: dict[str, Any] = {
+            "messaging.system": "rabbitmq",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": operation,
+            "messaging.destination.name": destination,
+            "messaging.message.id": str(attrs.get("ce-id", "")),
+        }
+        attributes.update(event_attributes(attrs))
+        return self.tracer.start_span(
+            name, context=ctx, kind=SpanKind.PRODUCER, attributes=attributes
+        )
+
+    def consumer_span(
+        self, queue: str, trigger: str, attrs: Mapping[str, Any], attempt: int
+    ) -> Span:
+        attributes: dict[str, Any] = {
+            "messaging.system": "rabbitmq",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": queue,
+            "messaging.message.id": str(attrs.get("ce-id", "")),
+            "bridge.trigger": trigger,
+            "bridge.attempt": attempt,
+        }
+        attributes.update(event_attributes(attrs))
+        return self.tracer.start_span(
+            f"process {queue}",
+            context=self.extract(attrs),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        )
+
+    def client_span(self, parent: Span, url: str) -> Span:
+        parts = urlsplit(url)
+        return self.tracer.start_span(
+            "POST",
+            context=trace.set_span_in_context(parent),
+            kind=SpanKind.CLIENT,
+            attributes={
+                "http.request.method": "POST",
+                "url.full": redact_url(url),
+                "server.address": parts.hostname or "",
+                "server.port": parts.port or (443 if parts.scheme == "https" else 80),
+            },
+        )
+
+    @staticmethod
+    def end_client(span: Span, status: int, error: str | None) -> None:
+        if status >= 0:
+            span.set_attribute("http.response.status_code", status)
+        if status < 0 or status >= 400:
+            span.set_attribute("error.type", str(status) if status >= 0 else "no_response")
+            span.set_status(Status(StatusCode.ERROR, error or f"HTTP {status}"))
+        span.end()
+
+    @staticmethod
+    def fail(span: Span, message: str) -> None:
+        span.set_status(Status(StatusCode.ERROR, message))
