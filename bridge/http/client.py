@@ -75,6 +75,10 @@ class SubscriberClient:
             return Answer(
                 NO_RESPONSE, {}, b"", f"no answer within {timeout:g}s", time.monotonic() - started
             )
+        except aiohttp.ClientConnectorError as exc:
+            reason = exc.os_error.strerror or exc.os_error.__class__.__name__
+            text = f"cannot connect to {exc.host}:{exc.port} ({reason.lower()})"
+            return Answer(NO_RESPONSE, {}, b"", text, time.monotonic() - started)
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             text = redact_text(str(exc) or exc.__class__.__name__)
             return Answer(NO_RESPONSE, {}, b"", text, time.monotonic() - started)
