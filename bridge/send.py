@@ -8,9 +8,8 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
-import aiohttp
-
 from bridge.errors import BridgeError
+from bridge.http.client import SubscriberClient
 
 SAMPLES = {
     "oss-put-object": "oss-put-object.json",
@@ -50,15 +49,14 @@ def custom_event(type_: str, source: str, data: str | None) -> dict[str, Any]:
 
 
 async def post_event(url: str, event: dict[str, Any], token: str | None) -> tuple[int, str]:
-    headers = {"Content-Type": "application/json;charset=utf-8"}
+    headers = {"content-type": "application/json;charset=utf-8"}
     if token:
         headers["x-eventbridge-signature-token"] = token
-    body = json.dumps(event).encode("utf-8")
+    client = SubscriberClient()
     try:
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(30)) as r,
-        ):
-            return r.status, (await r.read()).decode("utf-8", "replace")
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise SendError(f"cannot post to {url}: {exc or exc.__class__.__name__}.") from None
+        answer = await client.post(url, headers, json.dumps(event).encode("utf-8"), 30.0)
+    finally:
+        await client.close()
+    if answer.error is not None:
+        raise SendError(f"cannot post to {url}: {answer.error}.")
+    return answer.status, answer.body.decode("utf-8", "replace")
