@@ -22,7 +22,7 @@ from aiormq.abc import AbstractConnection
 from bridge import names
 from bridge.amqp.connection import SETUP_ERRORS, AMQPLink
 from bridge.amqp.publisher import Publisher
-from bridge.amqp.topology import Declarer
+from bridge.amqp.topology import Declarer, sync_catalog
 from bridge.config import LoadedConfig
 from bridge.config import load as load_config
 from bridge.dispatch import TriggerConsumer
@@ -277,11 +277,11 @@ class App:
             self.declarer.routes = routes
             for broker in routes.brokers:
                 await self.declarer.declare_broker(channel, broker)
-            for key, trigger in new.items():
-                before = old.get(key)
-                if before is not None and before.filter.bindings != trigger.filter.bindings:
-                    await self.declarer.unbind_trigger(channel, before)
+            for trigger in routes.triggers:
                 await self.declarer.declare_trigger(channel, trigger)
+            # Removed or changed triggers lose their old bindings; removed triggers' queues are
+            # kept until `bridge topology prune --yes`.
+            await sync_catalog(conn, self.declarer.queue_type, routes)
         except SETUP_ERRORS as exc:
             log.error("reload failed while declaring topology: %s", exc)
             return False

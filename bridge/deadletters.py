@@ -289,8 +289,9 @@ async def prune_topology(
             await channel.close()
         async with browse(connection, names.CATALOG) as (catalog, messages):
             async for message in messages:
-                if message.body.decode("utf-8", "replace") in stale:
-                    await catalog.basic_ack(delivery_tag(message))
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    if str(orjson.loads(message.body)["key"]) in stale:
+                        await catalog.basic_ack(delivery_tag(message))
     return found
 
 

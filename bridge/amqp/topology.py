@@ -10,15 +10,17 @@ queue. Waiting retries sit in `bridge.delay.<ms>` queues whose expired messages 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any, Literal
 
 import aiormq
+import orjson
 from aiormq.abc import AbstractChannel, AbstractConnection
 
 from bridge import names
-from bridge.amqp.connection import TopologyError
+from bridge.amqp.connection import TopologyError, delivery_tag
 from bridge.triggers import Routes, Trigger
 
 log = logging.getLogger("bridge.amqp")
@@ -89,34 +91,94 @@ async def declare_queue(channel: AbstractChannel, name: str, arguments: dict[str
         raise _explain(exc, f"queue {name}") from None
 
 
-async def catalog_keys(connection: AbstractConnection) -> set[str]:
-    """Trigger keys bridge has ever declared here (what `topology prune` compares against)."""
+def catalog_record(trigger: Trigger) -> dict[str, Any]:
+    """What the catalog remembers of a trigger: where its queue is bound, and how."""
+    return {
+        "key": trigger.key,
+        "queue": trigger.queue,
+        "exchange": names.broker_exchange(trigger.broker_key),
+        "bindings": trigger_bindings(trigger),
+    }
+
+
+async def read_catalog(connection: AbstractConnection) -> dict[str, dict[str, Any]]:
+    """Trigger records bridge has declared here, by key (what `topology prune` compares with)."""
     from bridge.amqp.browse import browse
 
-    keys: set[str] = set()
+    records: dict[str, dict[str, Any]] = {}
     async with browse(connection, names.CATALOG) as (_, messages):
         async for message in messages:
-            keys.add(message.body.decode("utf-8", "replace"))
-    return keys
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                record = orjson.loads(message.body)
+                records[str(record["key"])] = record
+    return records
 
 
-async def record_in_catalog(
-    connection: AbstractConnection, queue_type: QueueType, keys: set[str]
+async def catalog_keys(connection: AbstractConnection) -> set[str]:
+    return set(await read_catalog(connection))
+
+
+async def sync_catalog(
+    connection: AbstractConnection, queue_type: QueueType, routes: Routes
 ) -> None:
-    """Add the trigger keys the catalog does not list yet."""
+    """Bring the catalog and the bindings in line with `routes`.
+
+    A configured trigger whose filter changed loses the bindings it no longer has; a trigger
+    that is no longer configured loses all of its broker bindings (its queue is kept until
+    `bridge topology prune --yes`). Then every configured trigger's record is written anew.
+    """
+    from bridge.amqp.browse import browse
+
+    current = {t.key: catalog_record(t) for t in routes.triggers}
     channel = await connection.channel(publisher_confirms=True)
     try:
         await declare_queue(channel, names.CATALOG, queue_arguments(queue_type))
-        missing = keys - await catalog_keys(connection)
-        for key in sorted(missing):
+        stale: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+        async with browse(connection, names.CATALOG) as (catalog, messages):
+            async for message in messages:
+                try:
+                    record = orjson.loads(message.body)
+                    key = str(record["key"])
+                except (ValueError, TypeError, KeyError):
+                    await catalog.basic_ack(delivery_tag(message))  # unreadable: replaced below
+                    continue
+                wanted = current.get(key)
+                if wanted is None:
+                    stale.append((record, list(record.get("bindings", []))))
+                    continue
+                if record != wanted:
+                    old = [b for b in record.get("bindings", []) if b not in wanted["bindings"]]
+                    if record.get("exchange") != wanted["exchange"]:
+                        old = list(record.get("bindings", []))
+                    stale.append((record, old))
+                await catalog.basic_ack(delivery_tag(message))
+        for record, bindings in stale:
+            await _unbind(connection, record, bindings)
+        for record in current.values():
             await channel.basic_publish(
-                key.encode("utf-8"),
+                orjson.dumps(record),
                 routing_key=names.CATALOG,
                 properties=aiormq.spec.Basic.Properties(delivery_mode=2),
             )
     finally:
         if not channel.is_closed:
             await channel.close()
+
+
+async def _unbind(
+    connection: AbstractConnection, record: dict[str, Any], bindings: list[dict[str, Any]]
+) -> None:
+    for arguments in bindings:
+        channel = await connection.channel()
+        try:
+            await channel.queue_unbind(
+                str(record["queue"]), str(record["exchange"]), arguments=arguments
+            )
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return  # the queue or exchange is gone already
+        finally:
+            if not channel.is_closed:
+                await channel.close()
 
 
 class Declarer:
@@ -134,7 +196,7 @@ class Declarer:
         finally:
             if not channel.is_closed:
                 await channel.close()
-        await record_in_catalog(connection, self.queue_type, {t.key for t in self.routes.triggers})
+        await sync_catalog(connection, self.queue_type, self.routes)
 
     async def detach(self) -> None:
         return None
@@ -185,12 +247,6 @@ class Declarer:
             await channel.queue_bind(
                 sink, names.RETRY_EXCHANGE, arguments={"x-match": "all", names.ROUTE: sink}
             )
-
-    async def unbind_trigger(self, channel: AbstractChannel, trigger: Trigger) -> None:
-        """Remove a trigger's broker bindings (its filter changed or it was removed)."""
-        exchange = names.broker_exchange(trigger.broker_key)
-        for arguments in trigger_bindings(trigger):
-            await channel.queue_unbind(trigger.queue, exchange, arguments=arguments)
 
 
 class DelayQueues:
