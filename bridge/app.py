@@ -102,6 +102,7 @@ class App:
         self.admin_server: HTTPServer | None = None
         self.notifier = Notifier()
         self._background: list[asyncio.Task[None]] = []
+        self._reload_lock = asyncio.Lock()
         if role in ("all", "dispatcher"):
             for trigger in self.routes.triggers:
                 self._add_consumers(trigger)
@@ -224,7 +225,7 @@ class App:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stopped.set)
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+            loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
         await self.stopped.wait()
         fatal = self.link.fatal
         await self.drain()
@@ -258,6 +259,17 @@ class App:
         log.info("drained; exiting")
 
     # -- reload --
+    def _reload_soon(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload_logged())
+        self._background.append(task)
+
+    async def _reload_logged(self) -> None:
+        async with self._reload_lock:
+            try:
+                await self.reload()
+            except Exception:
+                log.exception("reload failed; keeping what runs now (send SIGHUP to retry)")
+
     async def reload(self) -> bool:
         """Re-read config and triggers; apply trigger and delivery changes without a restart."""
         try:

@@ -176,7 +176,7 @@ class TriggerConsumer:
             return
         channel = await connection.channel()
         await channel.basic_qos(prefetch_count=self._prefetch)
-        self._link.watch_channel(channel, f"consumer {self.queue}")
+        self._link.watch_channel(channel, f"consumer {self.queue}", lambda: self._stopping)
         self._channel = channel
         ok = await channel.basic_consume(self.queue, self._on_message)
         self._consumer_tag = ok.consumer_tag

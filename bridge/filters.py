@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.errors import ConfigError
@@ -32,7 +32,7 @@ HEADER_PREFIX = "ce-"
 class CompiledFilter:
     """What a trigger's filter turned into: a predicate and the bindings that approximate it."""
 
-    predicate: Predicate
+    predicate: Predicate = field(compare=False)
     # Each binding is the header arguments of one x-match=all binding (without x-match).
     bindings: tuple[dict[str, str], ...]
     # True when the bindings select exactly the matching events, so consumers need not re-check.

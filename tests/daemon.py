@@ -32,7 +32,9 @@ def toml_triggers(triggers: list[dict[str, Any]]) -> str:
     for t in triggers:
         lines = ["[[triggers]]"]
         for key, value in t.items():
-            lines.append(f"{key} = {json.dumps(value) if not isinstance(value, dict) else _inline(value)}")
+            lines.append(
+                f"{key} = {json.dumps(value) if not isinstance(value, dict) else _inline(value)}"
+            )
         out.append("\n".join(lines))
     return "\n\n".join(out)
 
@@ -75,7 +77,7 @@ class Daemon:
         self.config.write_text(
             f"[ingress]\nport = {self.port}\n[admin]\nport = {self.admin}\n"
             f'[rabbitmq]\nurl = "{self.amqp_url}"\npublish_timeout = 3\n'
-            f'[lifecycle]\ndrain_timeout = 10\n{self.extra}\n' + toml_triggers(triggers) + "\n"
+            f"[lifecycle]\ndrain_timeout = 10\n{self.extra}\n" + toml_triggers(triggers) + "\n"
         )
 
     @property
@@ -85,8 +87,17 @@ class Daemon:
     def start(self) -> None:
         env = {**os.environ, **self.env}
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(  # noqa: S603
-                [sys.executable, "-m", "bridge", "run", "--config", str(self.config), "--role", self.role],
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bridge",
+                    "run",
+                    "--config",
+                    str(self.config),
+                    "--role",
+                    self.role,
+                ],
                 cwd=ROOT,
                 stdout=log,
                 stderr=log,
@@ -99,7 +110,9 @@ class Daemon:
             while time.monotonic() < deadline:
                 assert self.proc is not None
                 if self.proc.poll() is not None:
-                    raise AssertionError(f"bridge exited with {self.proc.returncode}: {self.logs()}")
+                    raise AssertionError(
+                        f"bridge exited with {self.proc.returncode}: {self.logs()}"
+                    )
                 with contextlib.suppress(aiohttp.ClientError, OSError):
                     async with session.get(f"http://127.0.0.1:{self.admin}/readyz") as r:
                         if r.status == 200:
@@ -134,7 +147,9 @@ class Daemon:
             self.proc.wait(10)
 
 
-def oss_event(event_id: str | None = None, type_: str = "oss:ObjectCreated:PutObject") -> dict[str, Any]:
+def oss_event(
+    event_id: str | None = None, type_: str = "oss:ObjectCreated:PutObject"
+) -> dict[str, Any]:
     return {
         "specversion": "1.0",
         "id": event_id or uuid.uuid4().hex,
@@ -156,7 +171,13 @@ class Load:
     sent: int = 0
     stop: bool = False
 
-    async def run(self, total: int | None, concurrency: int = 8, pause: float = 0.0, type_: str = "oss:ObjectCreated:PutObject") -> None:
+    async def run(
+        self,
+        total: int | None,
+        concurrency: int = 8,
+        pause: float = 0.0,
+        type_: str = "oss:ObjectCreated:PutObject",
+    ) -> None:
         counter = iter(range(10**9))
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
 
@@ -169,7 +190,9 @@ class Load:
                     self.sent += 1
                     try:
                         async with session.post(
-                            self.url, data=json.dumps(event), headers={"content-type": "application/json"}
+                            self.url,
+                            data=json.dumps(event),
+                            headers={"content-type": "application/json"},
                         ) as r:
                             await r.read()
                             status = r.status
@@ -190,7 +213,8 @@ class TCPProxy:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = 0
-        self.stalled = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.refuse = False
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -205,8 +229,7 @@ class TCPProxy:
                 data = await reader.read(65536)
                 if not data:
                     break
-                while self.stalled:
-                    await asyncio.sleep(0.05)
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError, asyncio.CancelledError):
@@ -227,6 +250,17 @@ class TCPProxy:
         self._writers |= {writer, up_writer}
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
         self._writers -= {writer, up_writer}
+
+    @property
+    def stalled(self) -> bool:
+        return not self._flowing.is_set()
+
+    @stalled.setter
+    def stalled(self, value: bool) -> None:
+        if value:
+            self._flowing.clear()
+        else:
+            self._flowing.set()
 
     def cut(self) -> None:
         """Drop every open connection (like a network cut with RST)."""

@@ -124,10 +124,14 @@ class AMQPLink:
         log.warning("RabbitMQ link failed, reconnecting: %s", redact_text(reason))
         self._lost.set()
 
-    def watch_channel(self, channel: AbstractChannel, what: str) -> None:
-        """Escalate the unexpected close of `channel` to a reconnect."""
+    def watch_channel(
+        self, channel: AbstractChannel, what: str, expected: Callable[[], bool] | None = None
+    ) -> None:
+        """Escalate the unexpected close of `channel` to a reconnect (`expected()`: it is not)."""
 
         def closed(fut: asyncio.Future[Any]) -> None:
+            if expected is not None and expected():
+                return
             if fut.cancelled():
                 reason = "cancelled"
             else:
