@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -26,7 +28,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from bridge.errors import ConfigError
 
@@ -137,6 +144,9 @@ class Destination(_Strict):
     def _one_of(self) -> Destination:
         if not self.uri and self.ref is None:
             raise ValueError("needs a uri or a ref")
+        if self.ref is not None and self.uri and urlsplit(self.uri).scheme:
+            # Knative's rule: with a ref, the uri is resolved against the ref's URL.
+            raise ValueError("with a ref, the uri must be relative (it extends the ref's URL)")
         return self
 
 
@@ -290,13 +300,21 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def describe_validation_error(source: str, exc: ValidationError, prefix: str = "") -> str:
-    """One readable sentence per problem: the file, the field and what is wrong."""
+def describe_validation_error(
+    source: str, exc: ValidationError, prefix: str = "", rename: Mapping[str, str] | None = None
+) -> str:
+    """One readable sentence per problem: the file, the field and what is wrong.
+
+    `rename` maps a top-level field to where it was written (a manifest's `metadata.name`).
+    """
     problems = []
     for err in exc.errors(include_url=False, include_input=False):
         loc = tuple(p for p in err["loc"] if p not in ("function-after", "function-before"))
         field = _where(loc)
-        if prefix:
+        head = loc[0] if loc else None
+        if rename and isinstance(head, str) and head in rename:
+            field = rename[head] + field[len(head) :]
+        elif prefix:
             field = f"{prefix}.{field}" if field != "(top level)" else prefix
         message = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -325,6 +343,14 @@ def load_settings(path: Path | None) -> Settings:
     except ValidationError as exc:
         raise ConfigError(
             describe_validation_error(f"{source} (or a BRIDGE_ environment variable)", exc)
+        ) from exc
+    except SettingsError as exc:
+        # A BRIDGE_<SECTION> variable holding a whole section or list must be JSON.
+        match = re.search(r'field "([^"]+)"', str(exc))
+        field = match.group(1) if match else "(unknown)"
+        raise ConfigError(
+            f"BRIDGE_{field.upper()} (environment): {field}: the value is not valid JSON; "
+            f"set one key with BRIDGE_{field.upper()}__<KEY> instead."
         ) from exc
 
 
@@ -361,23 +387,31 @@ def _trigger_from_manifest(doc: dict[str, Any], where: str) -> TriggerSpec:
             if value not in ("true", "false"):
                 raise ConfigError(f"{where}: metadata.annotations.{key}: must be true or false.")
             fields["ordered"] = value == "true"
+    rename = {"name": "metadata.name", "namespace": "metadata.namespace"}
     for key in _ANNOTATION_PARALLELISM:
         if key in annotations:
             fields["parallelism"] = annotations[key]
+            rename["parallelism"] = f"metadata.annotations.{key}"
     try:
         return TriggerSpec(**fields)
     except ValidationError as exc:
-        raise ConfigError(describe_validation_error(where, exc, prefix="spec")) from exc
+        raise ConfigError(
+            describe_validation_error(where, exc, prefix="spec", rename=rename)
+        ) from exc
 
 
-def load_trigger_manifests(path: Path) -> list[tuple[TriggerSpec, str]]:
-    """Knative Trigger manifests from a YAML file or every *.yaml/*.yml file of a folder."""
+def load_trigger_manifests(path: Path, source: str = "") -> list[tuple[TriggerSpec, str]]:
+    """Knative Trigger manifests from a YAML file or every *.yaml/*.yml file of a folder.
+
+    `source` names where `triggers_path` was set, for the error message when it is wrong.
+    """
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
     elif path.is_file():
         files = [path]
     else:
-        raise ConfigError(f"triggers_path: {path} is neither a file nor a folder.")
+        where = f"{source}: " if source else ""
+        raise ConfigError(f"{where}triggers_path: {path} is neither a file nor a folder.")
     found: list[tuple[TriggerSpec, str]] = []
     for file in files:
         try:
@@ -412,7 +446,7 @@ def load(cli_path: str | None = None) -> LoadedConfig:
         manifests = Path(settings.triggers_path)
         if not manifests.is_absolute() and path is not None:
             manifests = path.parent / manifests
-        triggers.extend(load_trigger_manifests(manifests))
+        triggers.extend(load_trigger_manifests(manifests, source))
     seen: dict[str, str] = {}
     for spec, where in triggers:
         key = f"{spec.namespace}/{spec.name}"

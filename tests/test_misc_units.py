@@ -1,0 +1,272 @@
+"""Unit tests for bridge.redact, bridge.names and bridge.systemd (against a real datagram socket)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge import names
+from bridge.redact import redact_text, redact_url
+from bridge.systemd import Notifier
+
+# --- redact ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("amqp://guest:guest@127.0.0.1:5672/%2F", "amqp://guest:***@127.0.0.1:5672/%2F"),
+        ("amqps://user:s3cr3t@mq.example/vhost", "amqps://user:***@mq.example/vhost"),
+        ("http://u:p%40ss@host:8080/path?q=1#f", "http://u:***@host:8080/path?q=1#f"),
+        ("http://u:p@ss@host/", "http://u:***@host/"),
+        ("http://:onlypass@host/", "http://:***@host/"),
+        ("http://user@host/", "http://user@host/"),
+        ("http://host:8080/", "http://host:8080/"),
+        ("http://127.0.0.1:8081/", "http://127.0.0.1:8081/"),
+        ("not a url", "not a url"),
+        ("", ""),
+    ],
+)
+def test_redact_url(url: str, redacted: str) -> None:
+    assert redact_url(url) == redacted
+
+
+def test_redact_url_that_cannot_be_parsed_still_hides_the_password() -> None:
+    # urlsplit refuses an unclosed IPv6 bracket: the text rules apply instead
+    assert redact_url("amqp://u:secret@[::1/") == "amqp://u:***@[::1/"
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [
+        (
+            "cannot connect to amqp://guest:hunter2@mq:5672/: refused",
+            "cannot connect to amqp://guest:***@mq:5672/: refused",
+        ),
+        ("Authorization: Bearer abc.def-123", "Authorization: Bearer ***"),
+        ("authorization: bearer abc; next", "authorization: bearer ***; next"),
+        ('{"auth": "Bearer tok"}', '{"auth": "Bearer ***"}'),
+        (
+            "a http://x:1@h/ and https://y:2@k/",
+            "a http://x:***@h/ and https://y:***@k/",
+        ),
+        ("nothing secret here: http://host:8080/", "nothing secret here: http://host:8080/"),
+    ],
+)
+def test_redact_text(text: str, redacted: str) -> None:
+    assert redact_text(text) == redacted
+
+
+def test_redact_text_removes_given_secrets() -> None:
+    text = "token tok-123 was refused; tok-123 again; other stays"
+    assert redact_text(text, ("tok-123", "")) == "token *** was refused; *** again; other stays"
+    assert redact_text("abc", ("",)) == "abc"  # an empty secret redacts nothing
+
+
+# --- names ----------------------------------------------------------------------------------
+
+
+def test_names_are_derived_from_keys() -> None:
+    assert names.broker_exchange("default/eventbridge-default-broker") == (
+        "bridge.broker.default.eventbridge-default-broker"
+    )
+    assert names.unmatched("default/b") == "bridge.unmatched.default.b"
+    assert names.trigger_queue("default/my-service-trigger") == (
+        "bridge.trigger.default.my-service-trigger"
+    )
+    assert names.dead_letter_queue("team/t") == "bridge.dlq.team.t"
+    assert names.sink_queue("team/t") == "bridge.dls.team.t"
+    assert names.delay_queue(200) == "bridge.delay.200"
+    assert names.RETRY_EXCHANGE == "bridge.retry"
+    assert names.CATALOG == "bridge.catalog"
+
+
+@pytest.mark.parametrize("key", ["default/my-service-trigger", "team-a/t1", "a/b"])
+def test_trigger_of_queue_inverts_every_per_trigger_queue(key: str) -> None:
+    for queue in (names.trigger_queue(key), names.dead_letter_queue(key), names.sink_queue(key)):
+        assert names.trigger_of_queue(queue) == key
+
+
+@pytest.mark.parametrize(
+    "queue",
+    [
+        "bridge.unmatched.default.b",
+        "bridge.delay.200",
+        "bridge.catalog",
+        "bridge.trigger.onlynamespace",
+        "other.trigger.default.t",
+        "",
+    ],
+)
+def test_trigger_of_queue_of_other_queues_is_none(queue: str) -> None:
+    assert names.trigger_of_queue(queue) is None
+
+
+def test_names_of_different_triggers_never_collide() -> None:
+    keys = ["a/b", "b/a", "a/a", "default/x", "x/default"]
+    queues = [
+        f(k) for k in keys for f in (names.trigger_queue, names.dead_letter_queue, names.sink_queue)
+    ]
+    assert len(set(queues)) == len(queues)
+
+
+def test_bridge_headers_are_not_cloudevents_attributes() -> None:
+    own = [
+        names.ROUTE,
+        names.ATTEMPTS,
+        names.RECEIVED,
+        names.TRIGGER,
+        names.FIRST_FAILURE,
+        names.LAST_FAILURE,
+        names.LAST_ERROR,
+        names.LAST_STATUS,
+        names.DEAD_LETTERED,
+    ]
+    assert len(set(own)) == len(own)
+    assert all(h.startswith("bridge-") and not h.startswith("ce-") for h in own)
+
+
+# --- systemd notify -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
+    """A real AF_UNIX datagram socket bound in tmp_path, as systemd's NOTIFY_SOCKET is."""
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(2.0)
+    try:
+        yield sock, str(path)
+    finally:
+        sock.close()
+
+
+def received(sock: socket.socket) -> str:
+    return sock.recv(4096).decode("utf-8")
+
+
+def nothing_more(sock: socket.socket) -> bool:
+    sock.settimeout(0.05)
+    try:
+        sock.recv(4096)
+    except TimeoutError:
+        return True
+    return False
+
+
+def state(message: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in message.splitlines())
+
+
+def test_ready_stopping_and_watchdog(notify_socket: tuple[socket.socket, str]) -> None:
+    sock, path = notify_socket
+    n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "10000000"})
+    assert n.enabled
+    assert n.watchdog_interval() == 5.0  # half the watchdog timeout
+    n.ready()
+    ready = state(received(sock))
+    assert ready["READY"] == "1"
+    assert ready["MAINPID"] == str(os.getpid())
+    n.ready()  # READY=1 is sent once
+    n.watchdog()
+    assert received(sock) == "WATCHDOG=1"
+    n.stopping()
+    assert state(received(sock))["STOPPING"] == "1"
+    assert nothing_more(sock)
+
+
+def test_watchdog_for_this_pid_only(notify_socket: tuple[socket.socket, str]) -> None:
+    sock, path = notify_socket
+    mine = Notifier(
+        {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())}
+    )
+    assert mine.watchdog_interval() == 1.0
+    mine.watchdog()
+    assert received(sock) == "WATCHDOG=1"
+    other = Notifier(
+        {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid() + 1)}
+    )
+    assert other.watchdog_interval() is None
+    other.watchdog()
+    assert nothing_more(sock)
+
+
+@pytest.mark.parametrize("usec", ["", "0", "abc", "-5"])
+def test_no_watchdog_without_a_usable_timeout(
+    notify_socket: tuple[socket.socket, str], usec: str
+) -> None:
+    sock, path = notify_socket
+    n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": usec})
+    assert n.watchdog_interval() is None
+    n.watchdog()
+    assert nothing_more(sock)
+
+
+def test_abstract_socket_address() -> None:
+    name = f"bridge-test-{uuid.uuid4().hex}"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind("\0" + name)
+        sock.settimeout(2.0)
+        n = Notifier({"NOTIFY_SOCKET": "@" + name})
+        assert n.enabled
+        n.ready()
+        assert state(received(sock))["READY"] == "1"
+        assert n.send("STATUS=custom")
+        assert received(sock) == "STATUS=custom"
+    finally:
+        sock.close()
+
+
+def test_no_op_without_notify_socket() -> None:
+    n = Notifier({})
+    assert not n.enabled
+    assert n.send("READY=1") is False
+    n.ready()
+    n.stopping()
+    n.watchdog()
+    assert n.watchdog_interval() is None
+    assert not Notifier({"NOTIFY_SOCKET": ""}).enabled
+
+
+def test_reads_the_process_environment_by_default(
+    monkeypatch: pytest.MonkeyPatch, notify_socket: tuple[socket.socket, str]
+) -> None:
+    sock, path = notify_socket
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    n = Notifier()
+    assert n.enabled
+    n.stopping()
+    assert "STOPPING=1" in received(sock)
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    assert not Notifier().enabled
+
+
+def test_an_unreachable_socket_is_not_an_error(tmp_path: Path) -> None:
+    n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "missing.sock"), "WATCHDOG_USEC": "1000000"})
+    assert n.enabled
+    assert n.send("READY=1") is False
+    n.ready()
+    n.watchdog()
+    n.stopping()
+
+
+def test_ready_is_retried_when_it_could_not_be_sent(tmp_path: Path) -> None:
+    path = tmp_path / "late.sock"
+    n = Notifier({"NOTIFY_SOCKET": str(path)})
+    n.ready()  # nobody listens yet: not counted as sent
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(str(path))
+        sock.settimeout(2.0)
+        n.ready()
+        assert state(received(sock))["READY"] == "1"
+    finally:
+        sock.close()
