@@ -28,8 +28,18 @@ SPECVERSION = "1.0"
 TTL_ATTRIBUTE = "ce-knativebrokerttl"
 DEFAULT_TTL = 255
 
-_NAME = re.compile(r"^[a-z0-9]+$")
-_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+# Attributes travel as AMQP header names, which pamqp silently truncates beyond 128 bytes: a
+# longer name ("ce-" + 125) could not be stored unchanged, so it is refused. `\Z`, not `$`: `$`
+# also matches before a trailing newline.
+MAX_NAME = 125
+_NAME = re.compile(rf"[a-z0-9]{{1,{MAX_NAME}}}\Z")
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})\Z"
+)
+# The attributes are the AMQP headers of the stored message, which must fit in one AMQP frame
+# (RabbitMQ's frame_max: 128 KiB); the datacontenttype is the `content_type`, a short string.
+MAX_ATTRIBUTES_BYTES = 65536
+MAX_CONTENT_TYPE_BYTES = 255
 _BAD_PERCENT = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
 _STRING_ATTRS = frozenset(
@@ -155,7 +165,10 @@ def _decode_binary(headers: Mapping[str, str], content_type: str | None, body: b
             continue
         attr = name[3:]
         if not _NAME.match(attr) or attr in ("data", "datacontenttype"):
-            raise EventError(f"the header {name} does not name a valid CloudEvents attribute.")
+            raise EventError(
+                f"the header {name[:60]} does not name a valid CloudEvents attribute "
+                f"(a-z and 0-9, at most {MAX_NAME} characters)."
+            )
         attrs[name] = _percent_decode(raw, name)
     if content_type is not None and content_type.strip() == "":
         content_type = None
@@ -179,7 +192,10 @@ def event_from_json(doc: Any, where: str) -> Event:
             has_b64 = True
             continue
         if not _NAME.match(key):
-            raise EventError(f"{where}{key!r} is not a valid CloudEvents attribute name.")
+            raise EventError(
+                f"{where}{key[:60]!r} is not a valid CloudEvents attribute name "
+                f"(a-z and 0-9, at most {MAX_NAME} characters)."
+            )
         if value is None:
             continue  # null means absent
         if key in _STRING_ATTRS:
@@ -237,8 +253,20 @@ def _validate(attrs: dict[str, Any], content_type: str | None, where: str) -> No
     for optional in ("subject", "dataschema"):
         if attrs.get(PREFIX + optional) == "":
             raise EventError(f"{where}the attribute {optional} must not be empty when present.")
-    if content_type is not None and content_type == "":
-        raise EventError(f"{where}datacontenttype must not be empty when present.")
+    if content_type is not None:
+        if content_type == "":
+            raise EventError(f"{where}datacontenttype must not be empty when present.")
+        if len(content_type) > 63 and len(content_type.encode()) > MAX_CONTENT_TYPE_BYTES:
+            raise EventError(
+                f"{where}datacontenttype is longer than {MAX_CONTENT_TYPE_BYTES} bytes."
+            )
+    size = sum(map(len, attrs)) + sum(map(len, attrs.values()))
+    if size > MAX_ATTRIBUTES_BYTES // 4 and (
+        sum(map(len, attrs)) + sum(len(v.encode()) for v in attrs.values()) > MAX_ATTRIBUTES_BYTES
+    ):
+        raise EventError(
+            f"{where}the event's attributes take more than {MAX_ATTRIBUTES_BYTES} bytes.", 413
+        )
     time = attrs.get("ce-time")
     if time is not None and not _RFC3339.match(time):
         raise EventError(f"{where}time {time!r} is not an RFC 3339 timestamp.")

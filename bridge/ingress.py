@@ -27,6 +27,12 @@ log = logging.getLogger("bridge.ingress")
 
 ACCEPTED = Response(202)
 ALLOW = [("allow", "POST, OPTIONS")]
+# AMQP short strings (the message_id property) hold at most 255 bytes.
+MAX_MESSAGE_ID_BYTES = 255
+# W3C trace context: traceparent is 55 characters today; tracestate is at most 512. Longer values
+# are not trace context and are not carried (they would only inflate the stored headers).
+MAX_TRACEPARENT = 256
+MAX_TRACESTATE = 512
 
 
 class Ingress(Handler):
@@ -89,7 +95,8 @@ class Ingress(Handler):
             if scheme.lower() != "bearer":
                 return False
             given = value.strip()
-        return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self._token)
+        # Header values were decoded as latin-1: encoding back gives the bytes as sent.
+        return hmac.compare_digest(given.encode("latin-1"), self._token)
 
     def _reject(self, broker: str, reason: str) -> None:
         self._metrics.received(broker, "rejected", reason).inc()
@@ -103,20 +110,22 @@ class Ingress(Handler):
         try:
             events = decode_http(request.headers, request.body)
         except EventError as exc:
-            reason = "unsupported_format" if exc.status == 415 else "invalid"
+            reason = {415: "unsupported_format", 413: "too_large"}.get(exc.status, "invalid")
             self._reject(broker, reason)
             return json_error(exc.status, str(exc))
         headers = request.headers
         traceparent = headers.get("traceparent")
+        tracestate = headers.get("tracestate")
+        if traceparent is not None and len(traceparent) > MAX_TRACEPARENT:
+            traceparent = None
+        if tracestate is not None and len(tracestate) > MAX_TRACESTATE:
+            tracestate = None
         try:
             if len(events) == 1:
-                await self._publish(broker, events[0], traceparent, headers.get("tracestate"))
+                await self._publish(broker, events[0], traceparent, tracestate)
             elif events:
                 await asyncio.gather(
-                    *(
-                        self._publish(broker, e, traceparent, headers.get("tracestate"))
-                        for e in events
-                    )
+                    *(self._publish(broker, e, traceparent, tracestate) for e in events)
                 )
         except BrokerUnavailable as exc:
             self._metrics.received(broker, "unavailable").inc(len(events))
@@ -140,8 +149,12 @@ class Ingress(Handler):
         attrs[names.RECEIVED] = int(time.time() * 1000)
         matched = self.routes.matches_any(broker, attrs)
         exchange = names.broker_exchange(broker) if matched else names.unmatched(broker)
+        event_id = event.id
+        # A longer id is kept whole in the ce-id header only.
+        too_long = len(event_id) > 63 and len(event_id.encode()) > MAX_MESSAGE_ID_BYTES
+        message_id = None if too_long else event_id
         await self._publisher.publish(
-            event.data, attrs, event.content_type, exchange=exchange, message_id=event.id
+            event.data, attrs, event.content_type, exchange=exchange, message_id=message_id
         )
         if not matched:
             self._metrics.child(self._metrics.unmatched, broker).inc()

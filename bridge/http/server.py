@@ -24,6 +24,10 @@ import orjson
 log = logging.getLogger("bridge.http")
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+# The request line and headers together: beyond this the request is refused with 431 (httptools
+# would otherwise buffer a header of any size). Counted per read, so it is a bound on memory, not
+# an exact byte limit; keep it well above one read (256 KiB).
+MAX_HEAD_BYTES = 1 << 20
 
 
 class Request:
@@ -89,8 +93,10 @@ class _Connection(asyncio.Protocol):
         "_body",
         "_body_size",
         "_busy",
+        "_head_bytes",
         "_header_name",
         "_headers",
+        "_in_head",
         "_parser",
         "_pending",
         "_rejected",
@@ -113,6 +119,8 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._rejected: Response | None = None
+        self._in_head = False
+        self._head_bytes = 0
         self.last_active = time.monotonic()
         self.request_started: float | None = None
         self.peer = ""
@@ -135,6 +143,11 @@ class _Connection(asyncio.Protocol):
             self._fail(400, "protocol upgrades are not supported.")
         except httptools.HttpParserError:
             self._fail(400, "the request is not valid HTTP/1.1.")
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(431, f"the request headers are larger than {MAX_HEAD_BYTES} bytes.")
 
     # -- httptools callbacks --
     def on_message_begin(self) -> None:
@@ -143,6 +156,8 @@ class _Connection(asyncio.Protocol):
         self._body = []
         self._body_size = 0
         self._rejected = None
+        self._in_head = True
+        self._head_bytes = 0
         self.request_started = time.monotonic()
 
     def on_url(self, url: bytes) -> None:
@@ -156,6 +171,7 @@ class _Connection(asyncio.Protocol):
         self._headers[key] = text if old is None else f"{old},{text}"
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         server = self._server
         if server.draining:
             self._rejected = json_error(
