@@ -18,6 +18,7 @@ from typing import Literal
 
 import orjson
 from aiormq.abc import AbstractConnection
+from opentelemetry.sdk.trace import SpanProcessor
 
 from bridge import names
 from bridge.amqp.connection import SETUP_ERRORS, AMQPLink
@@ -68,14 +69,20 @@ class Admin(Handler):
 
 
 class App:
-    def __init__(self, loaded: LoadedConfig, role: Role, config_path: str | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        role: Role,
+        config_path: str | None = None,
+        span_processor: SpanProcessor | None = None,
+    ) -> None:
         self.loaded = loaded
         self.settings = loaded.settings
         self.role = role
         self.config_path = config_path
         self.routes: Routes = build_routes(loaded)
         self.metrics = Metrics()
-        self.tracing = Tracing(self.settings.tracing)
+        self.tracing = Tracing(self.settings.tracing, span_processor)
         self.draining = False
         self.stopped = asyncio.Event()
         rabbit = self.settings.rabbitmq
@@ -158,6 +165,7 @@ class App:
                 max_event_bytes=ingress.max_event_bytes,
                 auth_token=ingress.auth_token.get_secret_value(),
                 retry_after=ingress.retry_after,
+                tracing=self.tracing,
             )
             self.ingress_server = HTTPServer(
                 self.ingress,

@@ -26,6 +26,8 @@ from bridge.errors import EventError
 PREFIX = "ce-"
 SPECVERSION = "1.0"
 TTL_ATTRIBUTE = "ce-knativebrokerttl"
+# Only present when a filter needs it; Content-Type carries it in binary mode.
+CONTENT_TYPE_ATTRIBUTE = "ce-datacontenttype"
 DEFAULT_TTL = 255
 
 # Attributes travel as AMQP header names, which pamqp silently truncates beyond 128 bytes: a
@@ -306,7 +308,9 @@ def percent_encode(value: str) -> str:
     return "".join(out)
 
 
-def binary_headers(event: Event, skip: Iterable[str] = (TTL_ATTRIBUTE,)) -> dict[str, str]:
+def binary_headers(
+    event: Event, skip: Iterable[str] = (TTL_ATTRIBUTE, CONTENT_TYPE_ATTRIBUTE)
+) -> dict[str, str]:
     """HTTP binary-mode headers for an event (without the broker's TTL, as Knative does)."""
     headers: dict[str, str] = {}
     for name, value in event.attrs.items():

@@ -38,6 +38,8 @@ class CompiledFilter:
     # True when the bindings select exactly the matching events, so consumers need not re-check.
     exact: bool
     description: str
+    # Header-form keys of the attributes the filter looks at.
+    keys: frozenset[str] = frozenset()
 
     def __call__(self, attrs: Attributes) -> bool:
         return self.predicate(attrs)
@@ -73,7 +75,8 @@ def compile_attributes(attributes: Mapping[str, str], where: str) -> CompiledFil
     desc = ", ".join(
         f"{n[3:]}={'|'.join(a)}" if a is not None else f"{n[3:]} present" for n, a in checks
     )
-    return CompiledFilter(predicate, bindings, exact, desc or "(all events)")
+    keys = frozenset(name for name, _ in checks)
+    return CompiledFilter(predicate, bindings, exact, desc or "(all events)", keys)
 
 
 def _attributes_predicate(checks: list[tuple[str, tuple[str, ...] | None]]) -> Predicate:
@@ -129,7 +132,11 @@ def compile_filters(filters: list[dict[str, Any]], where: str) -> CompiledFilter
     predicate, exacts, pure = _compile_all(filters, f"{where}.filters")
     bindings, complete = _product_bindings([(n, (v,)) for n, v in exacts.items()])
     return CompiledFilter(
-        predicate, bindings, pure and complete, _describe_list(filters) or "(all events)"
+        predicate,
+        bindings,
+        pure and complete,
+        _describe_list(filters) or "(all events)",
+        frozenset(_referenced(filters)),
     )
 
 
@@ -224,6 +231,21 @@ def _suffix(pairs: list[tuple[str, str]]) -> Predicate:
         return True
 
     return predicate
+
+
+def _referenced(expr: Any) -> set[str]:
+    """Header-form keys named anywhere in a (validated) `filters` expression."""
+    found: set[str] = set()
+    if isinstance(expr, list):
+        for item in expr:
+            found |= _referenced(item)
+    elif isinstance(expr, dict):
+        for dialect, arg in expr.items():
+            if dialect in ("exact", "prefix", "suffix"):
+                found |= {HEADER_PREFIX + name for name in arg}
+            else:
+                found |= _referenced(arg)
+    return found
 
 
 def _describe_list(items: list[Any]) -> str:

@@ -18,17 +18,22 @@ from typing import Any
 from bridge import names
 from bridge.amqp.publisher import Publisher
 from bridge.errors import BrokerUnavailable, EventError
-from bridge.events import TRACEPARENT, TRACESTATE, Event, decode_http
+from bridge.events import (
+    CONTENT_TYPE_ATTRIBUTE,
+    TRACEPARENT,
+    TRACESTATE,
+    Event,
+    decode_http,
+)
 from bridge.http.server import Handler, Request, Response, json_error
 from bridge.telemetry.metrics import Metrics
+from bridge.telemetry.tracing import Span, Tracing
 from bridge.triggers import Routes
 
 log = logging.getLogger("bridge.ingress")
 
 ACCEPTED = Response(202)
 ALLOW = [("allow", "POST, OPTIONS")]
-# AMQP short strings (the message_id property) hold at most 255 bytes.
-MAX_MESSAGE_ID_BYTES = 255
 # W3C trace context: traceparent is 55 characters today; tracestate is at most 512. Longer values
 # are not trace context and are not carried (they would only inflate the stored headers).
 MAX_TRACEPARENT = 256
@@ -45,6 +50,7 @@ class Ingress(Handler):
         max_event_bytes: int,
         auth_token: str,
         retry_after: int,
+        tracing: Tracing,
     ) -> None:
         self.routes = routes
         self.max_body = max_event_bytes
@@ -52,6 +58,7 @@ class Ingress(Handler):
         self._metrics = metrics
         self._token = auth_token.encode("utf-8") if auth_token else b""
         self._retry_after = str(retry_after)
+        self._tracing = tracing
 
     # -- before the body --
     def early(self, request: Request, content_length: int | None) -> Response | None:
@@ -120,26 +127,41 @@ class Ingress(Handler):
             traceparent = None
         if tracestate is not None and len(tracestate) > MAX_TRACESTATE:
             tracestate = None
+        span = None
+        if self._tracing.enabled:
+            span = self._tracing.server_span(request.path, headers, request.peer)
         try:
             if len(events) == 1:
-                await self._publish(broker, events[0], traceparent, tracestate)
+                await self._publish(broker, events[0], traceparent, tracestate, span)
             elif events:
                 await asyncio.gather(
-                    *(self._publish(broker, e, traceparent, tracestate) for e in events)
+                    *(self._publish(broker, e, traceparent, tracestate, span) for e in events)
                 )
         except BrokerUnavailable as exc:
             self._metrics.received(broker, "unavailable").inc(len(events))
             log.warning("answering 503: %s", exc)
+            if span is not None:
+                span.set_attribute("http.response.status_code", 503)
+                self._tracing.fail(span, str(exc))
+                span.end()
             return json_error(
                 503,
                 "bridge cannot store the event right now; send it again later.",
                 [("retry-after", self._retry_after)],
             )
         self._metrics.received(broker, "accepted").inc(len(events))
+        if span is not None:
+            span.set_attribute("http.response.status_code", 202)
+            span.end()
         return ACCEPTED
 
     async def _publish(
-        self, broker: str, event: Event, traceparent: str | None, tracestate: str | None
+        self,
+        broker: str,
+        event: Event,
+        traceparent: str | None,
+        tracestate: str | None,
+        server_span: Span | None,
     ) -> None:
         attrs: dict[str, Any] = event.attrs
         if traceparent is not None:
@@ -147,14 +169,27 @@ class Ingress(Handler):
             if tracestate is not None:
                 attrs[TRACESTATE] = tracestate
         attrs[names.RECEIVED] = int(time.time() * 1000)
-        matched = self.routes.matches_any(broker, attrs)
+        routes = self.routes
+        if routes.content_type_filtered and event.content_type is not None:
+            attrs[CONTENT_TYPE_ATTRIBUTE] = event.content_type
+        matched = routes.matches_any(broker, attrs)
         exchange = names.broker_exchange(broker) if matched else names.unmatched(broker)
-        event_id = event.id
-        # A longer id is kept whole in the ce-id header only.
-        too_long = len(event_id) > 63 and len(event_id.encode()) > MAX_MESSAGE_ID_BYTES
-        message_id = None if too_long else event_id
-        await self._publisher.publish(
-            event.data, attrs, event.content_type, exchange=exchange, message_id=message_id
-        )
+        if server_span is None:
+            await self._publisher.publish(
+                event.data, attrs, event.content_type, exchange=exchange, message_id=event.id
+            )
+        else:
+            tracing = self._tracing
+            span = tracing.producer_span(f"publish {exchange}", server_span, exchange, attrs)
+            tracing.inject(span, attrs)  # the consumer continues from this span
+            try:
+                await self._publisher.publish(
+                    event.data, attrs, event.content_type, exchange=exchange, message_id=event.id
+                )
+            except BrokerUnavailable as exc:
+                tracing.fail(span, str(exc))
+                raise
+            finally:
+                span.end()
         if not matched:
             self._metrics.child(self._metrics.unmatched, broker).inc()

@@ -57,6 +57,9 @@ class Routes:
     triggers: tuple[Trigger, ...]
     by_broker: dict[str, tuple[Trigger, ...]] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=dict)
+    # Some filter looks at datacontenttype, which travels as the AMQP content type: the
+    # ingress then copies it into a `ce-datacontenttype` header for RabbitMQ and the consumers.
+    content_type_filtered: bool = False
 
     @property
     def brokers(self) -> list[str]:
@@ -150,6 +153,7 @@ def build_routes(loaded: LoadedConfig) -> Routes:
         triggers=tuple(triggers),
         by_broker={k: tuple(v) for k, v in by_broker.items()},
         paths=paths,
+        content_type_filtered=any("ce-datacontenttype" in t.filter.keys for t in triggers),
     )
 
 

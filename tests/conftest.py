@@ -49,6 +49,7 @@ class VhostPool:
     def __init__(self) -> None:
         self.free: list[str] = []
         self.created: list[str] = []
+        self.done: list[str] = []
         self.run_id = uuid.uuid4().hex[:8]
         self.counter = 0
 
@@ -67,6 +68,23 @@ class VhostPool:
             self.created += batch
             self.free += batch
         return self.free.pop(0)
+
+    def release(self, vhost: str) -> None:
+        """A test is done with `vhost`: delete it (in batches, one rabbitmqctl call each)."""
+        self.done.append(vhost)
+        if len(self.done) >= self.BATCH:
+            self._delete(self.done)
+            self.done = []
+
+    def _delete(self, vhosts: list[str]) -> None:
+        _rabbitmqctl_eval(
+            "lists:foreach(fun(V) -> rabbit_vhost:delete(V, "
+            + ACTOR
+            + ") end, "
+            + _erl_list(vhosts)
+            + "), ok."
+        )
+        self.created = [v for v in self.created if v not in vhosts]
 
     def delete_all(self) -> None:
         if self.created:
@@ -90,9 +108,11 @@ def vhost_pool() -> Iterator[VhostPool]:
 
 
 @pytest.fixture
-def amqp_url(vhost_pool: VhostPool) -> str:
-    """An AMQP URL to a vhost of this test's own."""
-    return f"{AMQP_BASE}/{vhost_pool.take()}"
+def amqp_url(vhost_pool: VhostPool) -> Iterator[str]:
+    """An AMQP URL to a vhost of this test's own (deleted after the test)."""
+    vhost = vhost_pool.take()
+    yield f"{AMQP_BASE}/{vhost}"
+    vhost_pool.release(vhost)
 
 
 @pytest.fixture
@@ -287,10 +307,11 @@ async def bridge_factory(amqp_url: str) -> AsyncIterator[Callable[..., Awaitable
         role: str = "all",
         url: str | None = None,
         wait_ready: bool = True,
+        span_processor: Any = None,
         **sections: Any,
     ) -> Running:
         settings = settings_for(url or amqp_url, triggers, **sections)
-        app = App(loaded_for(settings), role)  # type: ignore[arg-type]
+        app = App(loaded_for(settings), role, span_processor=span_processor)  # type: ignore[arg-type]
         apps.append(app)
         await app.start()
         if wait_ready:

@@ -61,7 +61,8 @@ class Publisher:
             delivery_mode=PERSISTENT,
             headers=headers,
             content_type=content_type,
-            message_id=message_id or None,
+            # AMQP short string: an id longer than 255 bytes stays in ce-id only.
+            message_id=message_id if message_id and len(message_id.encode()) <= 255 else None,
         )
         self.in_flight += 1
         self._idle.clear()

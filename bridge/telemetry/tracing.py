@@ -230,3 +230,6 @@ class Tracing:
     @staticmethod
     def fail(span: Span, message: str) -> None:
         span.set_status(Status(StatusCode.ERROR, message))
+
+
+__all__ = ["Span", "Tracing", "event_attributes"]
