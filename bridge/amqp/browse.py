@@ -1,9 +1,14 @@
-"""Read a queue without consuming it: take up to N messages unacknowledged, then give them back.
+"""Read a queue without consuming it: take its messages unacknowledged, then give them back.
 
-RabbitMQ returns unacknowledged messages to their original positions when their channel closes,
-so a browse neither removes nor reorders. The caller may acknowledge some of the messages it saw
-(to remove exactly those) before the channel closes. Only messages present when the browse
-starts are read, so what is published meanwhile (a replayed event failing again) is not.
+RabbitMQ returns unacknowledged messages when their channel closes. A classic queue puts them
+back in their original positions; a quorum queue appends them to its queue of returned messages,
+which it serves first. So on a quorum queue a browse that gave back only the first N messages
+would move them behind the rest the second time round (a `dlq list --limit N` would rotate the
+queue). A browse therefore always takes every message present when it starts, even beyond `limit`
+(those are held, not shown), and gives them all back together: nothing is removed or reordered,
+whatever the queue type. The caller may acknowledge some of the messages it saw (to remove
+exactly those) before the channel closes. Only messages present when the browse starts are read,
+so what is published meanwhile (a replayed event failing again) is not.
 """
 
 from __future__ import annotations
@@ -47,13 +52,22 @@ async def browse(
     wanted = depth if limit is None else min(depth, limit)
     channel = await connection.channel()
     inbox: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
+    delivered = 0
+    all_taken = asyncio.Event()
+
+    async def take(message: DeliveredMessage) -> None:
+        nonlocal delivered
+        delivered += 1
+        if delivered >= depth:
+            all_taken.set()
+        await inbox.put(message)
 
     async def messages() -> AsyncIterator[DeliveredMessage]:
         if wanted == 0:
             return
-        # prefetch = wanted: RabbitMQ pushes no more than the browse reads (0 is unlimited).
-        await channel.basic_qos(prefetch_count=wanted if wanted <= 65535 else 0)
-        await channel.basic_consume(queue, inbox.put)
+        # prefetch = depth: RabbitMQ pushes what was there, no more (0 is unlimited).
+        await channel.basic_qos(prefetch_count=depth if depth <= 65535 else 0)
+        await channel.basic_consume(queue, take)
         for _ in range(wanted):
             try:
                 message = await asyncio.wait_for(inbox.get(), timeout)
@@ -65,5 +79,9 @@ async def browse(
         yield channel, messages()
     finally:
         if not channel.is_closed:
+            if delivered:
+                # Hold every message present before giving any back (see the docstring).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(all_taken.wait(), timeout)
             with contextlib.suppress(*AMQP_ERRORS):
                 await channel.close()
