@@ -123,6 +123,7 @@ class App:
             "metrics": self.metrics,
             "routes": self.routes,
             "prefetch": self.settings.rabbitmq.prefetch,
+            "tracing": self.tracing,
         }
         made = [TriggerConsumer(trigger, role="subscriber", **common)]  # type: ignore[arg-type]
         if trigger.delivery.dead_letter_sink:

@@ -37,6 +37,7 @@ from bridge.amqp.publisher import Publisher
 from bridge.delivery import NO_RESPONSE, Outcome, classify, retry_delay
 from bridge.errors import BrokerUnavailable
 from bridge.events import (
+    CONTENT_TYPE_ATTRIBUTE,
     TRACEPARENT,
     TRACESTATE,
     TTL_ATTRIBUTE,
@@ -46,7 +47,8 @@ from bridge.events import (
     structured_json,
 )
 from bridge.http.client import Answer, SubscriberClient
-from bridge.telemetry.metrics import Metrics
+from bridge.telemetry.metrics import Metrics, exemplar
+from bridge.telemetry.tracing import Span, Tracing
 from bridge.triggers import Routes, Trigger
 
 log = logging.getLogger("bridge.dispatch")
@@ -137,6 +139,7 @@ class TriggerConsumer:
         metrics: Metrics,
         routes: Routes,
         prefetch: int,
+        tracing: Tracing,
         role: Literal["subscriber", "sink"] = "subscriber",
     ) -> None:
         self.trigger = trigger
@@ -146,6 +149,7 @@ class TriggerConsumer:
         self._publisher = publisher
         self._client = client
         self._metrics = metrics
+        self._tracing = tracing
         if role == "sink":
             assert trigger.delivery.dead_letter_sink is not None
             self.url = trigger.delivery.dead_letter_sink
@@ -240,21 +244,32 @@ class TriggerConsumer:
             return
         event = Event(headers, properties.content_type, message.body)
         attempts = int(str(headers.get(names.ATTEMPTS, 0)))
+        tracing = self._tracing
         while True:
-            answer = await self._attempt(event)
+            span = None
+            if tracing.enabled:
+                span = tracing.consumer_span(self.queue, self.trigger.key, headers, attempts + 1)
+            answer = await self._attempt(event, span)
             attempts += 1
             disposition = self._decide(answer, attempts)
             if isinstance(disposition, RetryLater) and self.trigger.ordered:
                 # Ordered: the event keeps its place and blocks its successors while it waits.
                 self._m_retries.inc()
+                if span is not None:
+                    span.add_event("retry in process", {"bridge.delay_s": disposition.delay})
+                    span.end()
                 await asyncio.sleep(disposition.delay)
                 if self._stopping or message.channel.is_closed:
                     return  # not acknowledged: RabbitMQ redelivers it, still first in line
                 continue
-            await self._execute(message, event, disposition)
+            try:
+                await self._execute(message, event, disposition, span)
+            finally:
+                if span is not None:
+                    span.end()
             return
 
-    async def _attempt(self, event: Event) -> Answer:
+    async def _attempt(self, event: Event, span: Span | None) -> Answer:
         if self._json:
             headers = {"content-type": "application/cloudevents+json"}
             body = structured_json(event)
@@ -262,16 +277,24 @@ class TriggerConsumer:
             headers = binary_headers(event)
             body = event.data
         headers["prefer"] = PREFER_REPLY
-        attrs = event.attrs
-        traceparent = attrs.get(TRACEPARENT)
-        if traceparent is not None:
-            headers["traceparent"] = traceparent
-            tracestate = attrs.get(TRACESTATE)
-            if tracestate is not None:
-                headers["tracestate"] = tracestate
-        answer = await self._client.post(self.url, headers, body, self.trigger.delivery.timeout)
+        if span is None:
+            attrs = event.attrs
+            traceparent = attrs.get(TRACEPARENT)
+            if traceparent is not None:
+                headers["traceparent"] = traceparent
+                tracestate = attrs.get(TRACESTATE)
+                if tracestate is not None:
+                    headers["tracestate"] = tracestate
+            answer = await self._client.post(self.url, headers, body, self.trigger.delivery.timeout)
+            self._m_latency.observe(answer.seconds)
+        else:
+            tracing = self._tracing
+            client = tracing.client_span(span, self.url)
+            tracing.inject(client, headers)  # the subscriber's parent is this attempt
+            answer = await self._client.post(self.url, headers, body, self.trigger.delivery.timeout)
+            tracing.end_client(client, answer.status, answer.error)
+            self._m_latency.observe(answer.seconds, exemplar(client))
         self._metrics.delivered(self._label, answer.status).inc()
-        self._m_latency.observe(answer.seconds)
         return answer
 
     def _decide(self, answer: Answer, attempts: int) -> Disposition:
@@ -290,27 +313,72 @@ class TriggerConsumer:
         return DeadLetter(attempts, answer)
 
     async def _execute(
-        self, message: DeliveredMessage, event: Event, disposition: Disposition
+        self,
+        message: DeliveredMessage,
+        event: Event,
+        disposition: Disposition,
+        span: Span | None = None,
     ) -> None:
         try:
             if isinstance(disposition, Ack):
                 if disposition.reply is not None:
-                    await self._publish_reply(event, disposition.reply)
+                    await self._publish_reply(event, disposition.reply, span)
                 received = event.attrs.get(names.RECEIVED)
                 if isinstance(received, int):
                     self._m_e2e.observe(max(0.0, time.time() - received / 1000.0))
             elif isinstance(disposition, RetryLater):
-                await self._publish_retry(event, disposition)
+                await self._publish_retry(event, disposition, span)
                 self._m_retries.inc()
             else:
-                await self._publish_dead_letter(event, disposition)
+                await self._publish_dead_letter(event, disposition, span)
         except BrokerUnavailable as exc:
             log.warning("cannot settle a message of %s, returning it: %s", self.queue, exc)
             await _settle(message, requeue=True)
             return
         await _settle(message)
 
-    async def _publish_retry(self, event: Event, retry: RetryLater) -> None:
+    async def _publish_traced(
+        self,
+        parent: Span | None,
+        name: str,
+        body: bytes,
+        headers: dict[str, Any],
+        content_type: str | None,
+        *,
+        exchange: str = "",
+        routing_key: str = "",
+        message_id: str | None = None,
+    ) -> None:
+        """Publish (confirmed); with tracing, inside a PRODUCER span whose context it carries."""
+        if parent is None:
+            await self._publisher.publish(
+                body,
+                headers,
+                content_type,
+                exchange=exchange,
+                routing_key=routing_key,
+                message_id=message_id,
+            )
+            return
+        tracing = self._tracing
+        span = tracing.producer_span(name, parent, exchange or routing_key, headers)
+        tracing.inject(span, headers)
+        try:
+            await self._publisher.publish(
+                body,
+                headers,
+                content_type,
+                exchange=exchange,
+                routing_key=routing_key,
+                message_id=message_id,
+            )
+        except BrokerUnavailable as exc:
+            tracing.fail(span, str(exc))
+            raise
+        finally:
+            span.end()
+
+    async def _publish_retry(self, event: Event, retry: RetryLater, span: Span | None) -> None:
         headers = carried_headers(event.attrs)
         headers[names.ATTEMPTS] = retry.attempts
         headers[names.ROUTE] = self.queue
@@ -320,11 +388,17 @@ class TriggerConsumer:
         headers[names.LAST_ERROR] = describe_answer(retry.answer)
         milliseconds = max(0, round(retry.delay * 1000))
         queue = await self._publisher.delay_queue(milliseconds)
-        await self._publisher.publish(
-            event.data, headers, event.content_type, routing_key=queue, message_id=event.id
+        await self._publish_traced(
+            span,
+            f"retry {self.queue}",
+            event.data,
+            headers,
+            event.content_type,
+            routing_key=queue,
+            message_id=event.id,
         )
 
-    async def _publish_dead_letter(self, event: Event, dead: DeadLetter) -> None:
+    async def _publish_dead_letter(self, event: Event, dead: DeadLetter, span: Span | None) -> None:
         error = describe_answer(dead.answer)
         if self.role == "sink":
             error = f"the dead-letter sink {self.url} failed too ({error})"
@@ -338,8 +412,14 @@ class TriggerConsumer:
             target, destination = self.trigger.sink_queue, "sink"
         else:
             target, destination = self.trigger.dead_letter_queue, "queue"
-        await self._publisher.publish(
-            event.data, headers, event.content_type, routing_key=target, message_id=event.id
+        await self._publish_traced(
+            span,
+            f"dead-letter {target}",
+            event.data,
+            headers,
+            event.content_type,
+            routing_key=target,
+            message_id=event.id,
         )
         self._metrics.child(self._metrics.dead_letters, self.trigger.key, destination).inc()
         log.warning(
@@ -351,7 +431,7 @@ class TriggerConsumer:
             extra={"event_id": event.id, "trigger": self.trigger.key},
         )
 
-    async def _publish_reply(self, original: Event, reply: Event) -> None:
+    async def _publish_reply(self, original: Event, reply: Event, span: Span | None) -> None:
         try:
             ttl = int(original.attrs.get(TTL_ATTRIBUTE, 255)) - 1
         except ValueError:
@@ -371,14 +451,22 @@ class TriggerConsumer:
         if traceparent is not None:
             attrs[TRACEPARENT] = traceparent
         attrs[names.RECEIVED] = int(time.time() * 1000)
+        if self.routes.content_type_filtered and reply.content_type is not None:
+            attrs[CONTENT_TYPE_ATTRIBUTE] = reply.content_type
         broker = self.trigger.broker_key
         if self.routes.matches_any(broker, attrs):
             exchange = names.broker_exchange(broker)
         else:
             exchange = names.unmatched(broker)
             self._metrics.child(self._metrics.unmatched, broker).inc()
-        await self._publisher.publish(
-            reply.data, attrs, reply.content_type, exchange=exchange, message_id=reply.id
+        await self._publish_traced(
+            span,
+            "publish reply",
+            reply.data,
+            attrs,
+            reply.content_type,
+            exchange=exchange,
+            message_id=reply.id,
         )
         self._metrics.child(self._metrics.replies, self.trigger.key, "published").inc()
 

@@ -15,6 +15,14 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 E2E_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
 
 
+def exemplar(span: Any) -> dict[str, str] | None:
+    """An exemplar pointing at a sampled span's trace (OpenMetrics shows it; label `trace_id`)."""
+    ctx = span.get_span_context()
+    if not ctx.is_valid or not ctx.trace_flags.sampled:
+        return None
+    return {"trace_id": f"{ctx.trace_id:032x}"}
+
+
 def status_class(code: int) -> str:
     if code < 0:
         return "no_response"
