@@ -217,7 +217,6 @@ async def test_spans_leave_the_process_over_otlp_http(bridge_factory, subscriber
             return out
 
         await eventually(lambda: "POST" in names(), what="the spans to be exported")
-        )
         assert any(n.startswith("process ") for n in names())
         assert any(n.startswith("publish ") for n in names())
     finally:
