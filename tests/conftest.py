@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -50,8 +51,24 @@ class VhostPool:
         self.free: list[str] = []
         self.created: list[str] = []
         self.done: list[str] = []
-        self.run_id = uuid.uuid4().hex[:8]
+        # The name carries the creation time so a later run can delete what a killed run left.
+        self.run_id = f"{int(time.time())}-{uuid.uuid4().hex[:6]}"
         self.counter = 0
+        self._delete_stale()
+
+    @staticmethod
+    def _delete_stale(max_age: int = 3600) -> None:
+        """Delete test vhosts older than `max_age` seconds (left by runs that were killed)."""
+        cutoff = int(time.time()) - max_age
+        _rabbitmqctl_eval(
+            "[rabbit_vhost:delete(V, "
+            + ACTOR
+            + ") || V <- rabbit_vhost:list_names(), "
+            "case re:run(V, <<\"^bridge-test-([0-9]+)-\">>, [{capture, all_but_first, list}]) of "
+            "{match, [T]} -> list_to_integer(T) < "
+            + str(cutoff)
+            + "; _ -> false end], ok."
+        )
 
     def take(self) -> str:
         if not self.free:

@@ -58,6 +58,8 @@ if port_open; then  # the package's service may have started it
   wait_ready && { echo "RabbitMQ is running on $HOST:$PORT"; exit 0; }
 fi
 echo "starting RabbitMQ (rabbitmq-server -detached)"
+# RabbitMQ wants many file handles (quorum queues, one segment file each); 1024 is too few.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 rabbitmq-server -detached >/dev/null 2>&1 || true
 if wait_ready; then
   echo "RabbitMQ is running on $HOST:$PORT"
