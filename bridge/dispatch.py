@@ -428,7 +428,7 @@ class TriggerConsumer:
             self.trigger.key,
             dead.attempts,
             error,
-            extra={"event_id": event.id, "trigger": self.trigger.key},
+            extra=log_fields(event.id, self.trigger.key, span),
         )
 
     async def _publish_reply(self, original: Event, reply: Event, span: Span | None) -> None:
@@ -442,7 +442,7 @@ class TriggerConsumer:
                 "reply %s to event %s not published: its broker TTL is used up",
                 reply.id,
                 original.id,
-                extra={"event_id": original.id, "trigger": self.trigger.key},
+                extra=log_fields(original.id, self.trigger.key, span),
             )
             return
         attrs = reply.attrs
@@ -469,6 +469,17 @@ class TriggerConsumer:
             message_id=reply.id,
         )
         self._metrics.child(self._metrics.replies, self.trigger.key, "published").inc()
+
+
+def log_fields(event_id: str, trigger: str, span: Span | None) -> dict[str, str]:
+    """Structured fields of a log line: the event, the trigger and, when traced, the trace."""
+    fields = {"event_id": event_id, "trigger": trigger}
+    if span is not None:
+        ctx = span.get_span_context()
+        if ctx.is_valid:
+            fields["trace_id"] = f"{ctx.trace_id:032x}"
+            fields["span_id"] = f"{ctx.span_id:016x}"
+    return fields
 
 
 async def _settle(message: DeliveredMessage, requeue: bool | None = None) -> None:
