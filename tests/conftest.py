@@ -61,13 +61,9 @@ class VhostPool:
         """Delete test vhosts older than `max_age` seconds (left by runs that were killed)."""
         cutoff = int(time.time()) - max_age
         _rabbitmqctl_eval(
-            "[rabbit_vhost:delete(V, "
-            + ACTOR
-            + ") || V <- rabbit_vhost:list_names(), "
-            "case re:run(V, <<\"^bridge-test-([0-9]+)-\">>, [{capture, all_but_first, list}]) of "
-            "{match, [T]} -> list_to_integer(T) < "
-            + str(cutoff)
-            + "; _ -> false end], ok."
+            "[rabbit_vhost:delete(V, " + ACTOR + ") || V <- rabbit_vhost:list_names(), "
+            'case re:run(V, <<"^bridge-test-([0-9]+)-">>, [{capture, all_but_first, list}]) of '
+            "{match, [T]} -> list_to_integer(T) < " + str(cutoff) + "; _ -> false end], ok."
         )
 
     def take(self) -> str:
