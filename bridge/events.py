@@ -47,6 +47,16 @@ _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})")
 _STRING_ATTRS = frozenset(
     ("specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time")
 )
+_CONTEXT_ORDER = (
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "subject",
+    "time",
+    "datacontenttype",
+    "dataschema",
+)
 # Header names of bridge's own AMQP headers; never CloudEvents attributes.
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
@@ -75,10 +85,14 @@ class Event:
         return str(self.attrs.get("ce-source", ""))
 
     def attributes(self) -> dict[str, str]:
-        """The attributes by their CloudEvents names (datacontenttype included)."""
-        out = {k[3:]: str(v) for k, v in self.attrs.items() if k.startswith(PREFIX)}
+        """The attributes by their CloudEvents names, for people to read: the context
+        attributes in the specification's order, then the extensions alphabetically."""
+        found = {k[3:]: str(v) for k, v in self.attrs.items() if k.startswith(PREFIX)}
         if self.content_type is not None:
-            out["datacontenttype"] = self.content_type
+            found["datacontenttype"] = self.content_type
+        out = {name: found.pop(name) for name in _CONTEXT_ORDER if name in found}
+        for name in sorted(found):
+            out[name] = found[name]
         return out
 
 
