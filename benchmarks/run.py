@@ -57,6 +57,7 @@ SCENARIOS = [
     Scenario("bridge 20 disjoint triggers", "bridge", triggers=20, matching=1),
     Scenario("bridge fan-out x5", "bridge", triggers=5, matching=5),
     Scenario("bridge tracing 0.1", "bridge", tracing=0.1),
+    Scenario("bridge tracing 1.0", "bridge", tracing=1.0),
     Scenario("floor 64KB", "floor", pad=64 * 1024),
     Scenario("bridge 1 trigger 64KB", "bridge", pad=64 * 1024),
 ]

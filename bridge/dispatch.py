@@ -247,7 +247,7 @@ class TriggerConsumer:
         tracing = self._tracing
         while True:
             span = None
-            if tracing.enabled:
+            if tracing.enabled and tracing.sampled(headers.get(TRACEPARENT)):
                 span = tracing.consumer_span(self.queue, self.trigger.key, headers, attempts + 1)
             answer = await self._attempt(event, span)
             attempts += 1

@@ -129,7 +129,11 @@ class Ingress(Handler):
             tracestate = None
         span = None
         if self._tracing.enabled:
-            span = self._tracing.server_span(request.path, headers, request.peer)
+            sampled, carried = self._tracing.sample_at_ingress(traceparent)
+            if sampled:
+                span = self._tracing.server_span(request.path, headers, request.peer)
+            else:
+                traceparent = carried
         try:
             if len(events) == 1:
                 await self._publish(broker, events[0], traceparent, tracestate, span)

@@ -250,3 +250,30 @@ async def test_metrics_change_as_events_flow(bridge_factory, subscriber_factory)
     assert await metric("bridge_dispatch_latency_seconds_count", trigger="default/t") == 3
     assert await metric("bridge_end_to_end_latency_seconds_count", trigger="default/t") == 3
     assert await metric("bridge_rabbitmq_connected") == 1
+
+
+def test_sampling_decision_follows_parent_then_ratio():
+    from bridge.config import TracingSettings
+    from bridge.telemetry.tracing import Tracing
+
+    tracing = Tracing(TracingSettings(enabled=True, sample_ratio=0.25))
+    sampled_parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    unsampled_parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+    assert tracing.sample_at_ingress(sampled_parent) == (True, sampled_parent)
+    assert tracing.sample_at_ingress(unsampled_parent) == (False, unsampled_parent)
+    decisions = [tracing.sample_at_ingress(None) for _ in range(8000)]
+    share = sum(s for s, _ in decisions) / len(decisions)
+    assert 0.22 < share < 0.28
+    for sampled, carried in decisions[:200]:
+        if sampled:
+            assert carried is None  # the SERVER span makes the context
+        else:
+            assert carried is not None
+            assert Tracing.sampled(carried) is False
+            assert len(carried) == 55
+    # A malformed incoming traceparent counts as none.
+    assert tracing.sample_at_ingress("garbage")[1] != "garbage"
+    never = Tracing(TracingSettings(enabled=True, sample_ratio=0.0))
+    assert not any(never.sample_at_ingress(None)[0] for _ in range(1000))
+    always = Tracing(TracingSettings(enabled=True, sample_ratio=1.0))
+    assert all(always.sample_at_ingress(None)[0] for _ in range(1000))

@@ -19,6 +19,8 @@ sampling decision made at ingress. Spans are exported by OTLP (gRPC or HTTP) in 
 from __future__ import annotations
 
 import logging
+import random
+import re
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +30,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -39,6 +41,10 @@ from bridge.redact import redact_url
 log = logging.getLogger("bridge.tracing")
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+_LOW64 = (1 << 64) - 1
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+# The last hex digit of the flags: odd means the sampled bit (0x01) is set.
+_SAMPLED_LAST_HEX = frozenset("13579bdf")
 
 
 def _exporter(settings: TracingSettings) -> SpanExporter:
@@ -91,6 +97,7 @@ class Tracing:
         self._processor = processor
         self._provider: TracerProvider | None = None
         self.tracer: trace.Tracer = trace.NoOpTracer()
+        self._bound = round(settings.sample_ratio * (_LOW64 + 1))
 
     def start(self) -> None:
         if not self.enabled:
@@ -100,7 +107,9 @@ class Tracing:
         )
         provider = TracerProvider(
             resource=resource,
-            sampler=ParentBased(TraceIdRatioBased(self.settings.sample_ratio)),
+            # The ratio decision is made by `sample_at_ingress`, before any span exists; the
+            # SDK only ever sees events that are sampled.
+            sampler=ParentBased(ALWAYS_ON),
         )
         processor = self._processor or BatchSpanProcessor(_exporter(self.settings))
         provider.add_span_processor(processor)
@@ -123,6 +132,32 @@ class Tracing:
         except Exception as exc:  # an exporter failing at exit must not block the drain
             log.warning("flushing traces failed: %s", exc)
         self._provider = None
+
+    # -- sampling, decided once per event --
+    def sample_at_ingress(self, traceparent: str | None) -> tuple[bool, str | None]:
+        """Whether to record this event's trace, and the `traceparent` to carry when not.
+
+        ParentBased(TraceIdRatioBased(ratio)): an incoming context's sampled flag decides;
+        without one the trace id decides, as TraceIdRatioBased does. An event that is not
+        sampled creates no span at all (nothing is allocated for it downstream either): it
+        carries the incoming context, or a new one with the sampled flag off, so subscribers
+        can join the decision.
+        """
+        if traceparent is not None and _TRACEPARENT.match(traceparent):
+            return traceparent[-1] in _SAMPLED_LAST_HEX, traceparent
+        trace_id = random.getrandbits(128) or 1
+        if (trace_id & _LOW64) < self._bound:
+            return True, None
+        return False, f"00-{trace_id:032x}-{random.getrandbits(64) or 1:016x}-00"
+
+    @staticmethod
+    def sampled(traceparent: object) -> bool:
+        """Whether a carried `traceparent` says the trace is recorded."""
+        return (
+            isinstance(traceparent, str)
+            and len(traceparent) == 55
+            and traceparent[-1] in _SAMPLED_LAST_HEX
+        )
 
     # -- context propagation --
     @staticmethod
