@@ -32,6 +32,7 @@ from typing import Any, Literal
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 
 from bridge import names
+from bridge.amqp.acker import Acker
 from bridge.amqp.connection import AMQP_ERRORS, AMQPLink, delivery_tag
 from bridge.amqp.publisher import Publisher
 from bridge.delivery import NO_RESPONSE, Outcome, classify, retry_delay
@@ -150,6 +151,7 @@ class TriggerConsumer:
         self._client = client
         self._metrics = metrics
         self._tracing = tracing
+        self._acker = Acker()
         if role == "sink":
             assert trigger.delivery.dead_letter_sink is not None
             self.url = trigger.delivery.dead_letter_sink
@@ -181,11 +183,13 @@ class TriggerConsumer:
         channel = await connection.channel()
         await channel.basic_qos(prefetch_count=self._prefetch)
         self._link.watch_channel(channel, f"consumer {self.queue}", lambda: self._stopping)
+        self._acker.reset(channel)
         self._channel = channel
         ok = await channel.basic_consume(self.queue, self._on_message)
         self._consumer_tag = ok.consumer_tag
 
     async def detach(self) -> None:
+        self._acker.reset(None)
         self._channel = None
         self._consumer_tag = None
         # Unacknowledged messages return to the queue with the channel; forget local copies.
@@ -213,6 +217,15 @@ class TriggerConsumer:
         return self._channel is not None and self._consumer_tag is not None
 
     # -- consuming --
+    async def _settle(self, message: DeliveredMessage, requeue: bool | None = None) -> None:
+        """Ack or, with `requeue`, return the message to its queue; both go through the Acker,
+        which coalesces acks and keeps every frame in order. On a dead channel there is
+        nothing to do: RabbitMQ already took its messages back."""
+        if requeue is None:
+            self._acker.ack(message.channel, delivery_tag(message))
+        else:
+            self._acker.nack(message.channel, delivery_tag(message), requeue)
+
     async def _on_message(self, message: DeliveredMessage) -> None:
         if self._stopping:
             return
@@ -226,7 +239,7 @@ class TriggerConsumer:
                     await self._handle(message)
                 except Exception:
                     log.exception("delivery on %s failed unexpectedly", self.queue)
-                    await _settle(message, requeue=True)
+                    await self._settle(message, requeue=True)
                 if not self._waiting or self._stopping:
                     break
                 message = self._waiting.popleft()
@@ -240,7 +253,7 @@ class TriggerConsumer:
         headers: dict[str, Any] = properties.headers or {}
         if self.role == "subscriber" and not self.trigger.filter.predicate(headers):
             self._m_filtered.inc()
-            await _settle(message)
+            await self._settle(message)
             return
         event = Event(headers, properties.content_type, message.body)
         attempts = int(str(headers.get(names.ATTEMPTS, 0)))
@@ -333,9 +346,9 @@ class TriggerConsumer:
                 await self._publish_dead_letter(event, disposition, span)
         except BrokerUnavailable as exc:
             log.warning("cannot settle a message of %s, returning it: %s", self.queue, exc)
-            await _settle(message, requeue=True)
+            await self._settle(message, requeue=True)
             return
-        await _settle(message)
+        await self._settle(message)
 
     async def _publish_traced(
         self,
@@ -480,16 +493,3 @@ def log_fields(event_id: str, trigger: str, span: Span | None) -> dict[str, str]
             fields["trace_id"] = f"{ctx.trace_id:032x}"
             fields["span_id"] = f"{ctx.span_id:016x}"
     return fields
-
-
-async def _settle(message: DeliveredMessage, requeue: bool | None = None) -> None:
-    """Ack (requeue None) or return the message; a dead channel already returned it."""
-    channel = message.channel
-    if channel.is_closed:
-        return
-    tag = delivery_tag(message)
-    with contextlib.suppress(*AMQP_ERRORS):
-        if requeue is None:
-            await channel.basic_ack(tag, wait=False)
-        else:
-            await channel.basic_nack(tag, requeue=requeue, wait=False)

@@ -73,7 +73,8 @@ class Publisher:
                 routing_key=routing_key,
                 properties=properties,
                 timeout=self._timeout,
-            )
+                wait=False,  # the confirm is what counts; no separate wait for the socket write
+            )  # type: ignore[call-arg]
         except aiormq.exceptions.DeliveryError:
             raise PublishRejected("RabbitMQ refused the message") from None
         except TimeoutError:
