@@ -166,9 +166,9 @@ class Stack:
         self.system_pid = 0
 
     def _spawn(self, args: list[str], **kw: Any) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw
-        )
+        # Logs go to a file: an unread pipe would fill up and block the process under test.
+        with (self.workdir / f"process-{len(self.procs)}.log").open("ab") as log:
+            proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, **kw)
         self.procs.append(proc)
         return proc
 
