@@ -35,7 +35,7 @@ from bridge.amqp.topology import catalog_keys
 from bridge.config import load
 from bridge.dispatch import ERROR_EXTENSIONS
 from bridge.errors import BridgeError, ConfigError
-from bridge.events import PREFIX, TTL_ATTRIBUTE, Event, is_json_media
+from bridge.events import PREFIX, Event, json_document
 
 BRIDGE_RECORD = (
     names.ATTEMPTS,
@@ -92,20 +92,7 @@ def full_record(message: DeliveredMessage, queue_trigger: str) -> dict[str, Any]
     """`dlq show`: the CloudEvent (attributes + data) and its failure record."""
     props = message.header.properties
     headers = props.headers or {}
-    attrs = {k: v for k, v in headers.items() if k != TTL_ATTRIBUTE}  # broker-internal
-    event = Event(attrs, props.content_type, message.body)
-    doc: dict[str, Any] = dict(event.attributes())
-    if event.data:
-        if is_json_media(event.content_type):
-            try:
-                doc["data"] = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                doc["data_base64"] = base64.b64encode(event.data).decode("ascii")
-        else:
-            try:
-                doc["data"] = event.data.decode("utf-8")
-            except UnicodeError:
-                doc["data_base64"] = base64.b64encode(event.data).decode("ascii")
+    doc = json_document(Event(headers, props.content_type, message.body))
     failure = {
         "trigger": headers.get(names.TRIGGER, queue_trigger),
         "subscriber": headers.get("ce-knativeerrordest"),

@@ -15,22 +15,13 @@ from typing import TextIO
 import orjson
 
 from bridge.errors import EventError
-from bridge.events import Event, decode_http, is_json_media
+from bridge.events import Event, decode_http, json_document
 from bridge.http.server import Handler, HTTPServer, Request, Response, json_error
 
 
 def display_json(event: Event) -> bytes:
-    """The event as one structured-mode JSON object (JSON data inline, other data as text)."""
-    doc: dict[str, object] = dict(event.attributes())
-    if event.data:
-        if is_json_media(event.content_type):
-            try:
-                doc["data"] = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                doc["data"] = event.data.decode("utf-8", "replace")
-        else:
-            doc["data"] = event.data.decode("utf-8", "replace")
-    return orjson.dumps(doc)
+    """The event as one structured-mode JSON object, data included."""
+    return orjson.dumps(json_document(event))
 
 
 class EventDisplay(Handler):
@@ -46,7 +37,6 @@ class EventDisplay(Handler):
         except EventError as exc:
             return json_error(exc.status, str(exc))
         for event in events:
-            event.attrs.pop("ce-knativebrokerttl", None)
             self.out.write(display_json(event).decode("utf-8") + "\n")
         self.out.flush()
         return Response(200)

@@ -84,10 +84,13 @@ class Event:
     def source(self) -> str:
         return str(self.attrs.get("ce-source", ""))
 
-    def attributes(self) -> dict[str, str]:
-        """The attributes by their CloudEvents names, for people to read: the context
-        attributes in the specification's order, then the extensions alphabetically."""
-        found = {k[3:]: str(v) for k, v in self.attrs.items() if k.startswith(PREFIX)}
+    def attributes(self, skip: Iterable[str] = ()) -> dict[str, str]:
+        """The attributes by their CloudEvents names (but those in `skip`, header-form), in
+        the order people read: context attributes as the specification lists them, then
+        the extensions alphabetically."""
+        found = {
+            k[3:]: str(v) for k, v in self.attrs.items() if k.startswith(PREFIX) and k not in skip
+        }
         if self.content_type is not None:
             found["datacontenttype"] = self.content_type
         out = {name: found.pop(name) for name in _CONTEXT_ORDER if name in found}
@@ -336,28 +339,37 @@ def binary_headers(
     return headers
 
 
-def structured_json(event: Event, skip: Iterable[str] = (TTL_ATTRIBUTE,)) -> bytes:
+def json_document(
+    event: Event, skip: Iterable[str] = (TTL_ATTRIBUTE, CONTENT_TYPE_ATTRIBUTE)
+) -> dict[str, Any]:
+    """The event in the JSON event format, as a dict: JSON data inline, text data (`text/*`) as
+    a string, anything else as `data_base64`."""
+    doc: dict[str, Any] = dict(event.attributes(skip))
+    data = event.data
+    if not data:
+        return doc
+    content_type = event.content_type
+    if is_json_media(content_type):
+        try:
+            doc["data"] = orjson.loads(data)
+            return doc
+        except orjson.JSONDecodeError:
+            pass
+    elif content_type is not None and media_type(content_type).startswith("text/"):
+        try:
+            doc["data"] = data.decode("utf-8")
+            return doc
+        except UnicodeError:
+            pass
+    doc["data_base64"] = base64.b64encode(data).decode("ascii")
+    return doc
+
+
+def structured_json(
+    event: Event, skip: Iterable[str] = (TTL_ATTRIBUTE, CONTENT_TYPE_ATTRIBUTE)
+) -> bytes:
     """The event in the JSON event format (`application/cloudevents+json`)."""
-    doc: dict[str, Any] = {}
-    for name, value in event.attrs.items():
-        if name.startswith(PREFIX) and name not in skip:
-            doc[name[3:]] = value if isinstance(value, str) else str(value)
-    if event.content_type is not None:
-        doc["datacontenttype"] = event.content_type
-    if event.data:
-        if is_json_media(event.content_type):
-            try:
-                doc["data"] = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                doc["data_base64"] = base64.b64encode(event.data).decode("ascii")
-        elif event.content_type is not None and media_type(event.content_type).startswith("text/"):
-            try:
-                doc["data"] = event.data.decode("utf-8")
-            except UnicodeError:
-                doc["data_base64"] = base64.b64encode(event.data).decode("ascii")
-        else:
-            doc["data_base64"] = base64.b64encode(event.data).decode("ascii")
-    return orjson.dumps(doc)
+    return orjson.dumps(json_document(event, skip))
 
 
 def event_from_reply(headers: Mapping[str, str], body: bytes) -> Event | None:
