@@ -363,19 +363,11 @@ class TriggerConsumer:
         message_id: str | None = None,
     ) -> None:
         """Publish (confirmed); with tracing, inside a PRODUCER span whose context it carries."""
-        if parent is None:
-            await self._publisher.publish(
-                body,
-                headers,
-                content_type,
-                exchange=exchange,
-                routing_key=routing_key,
-                message_id=message_id,
-            )
-            return
         tracing = self._tracing
-        span = tracing.producer_span(name, parent, exchange or routing_key, headers)
-        tracing.inject(span, headers)
+        span = None
+        if parent is not None:
+            span = tracing.producer_span(name, parent, exchange or routing_key, headers)
+            tracing.inject(span, headers)
         try:
             await self._publisher.publish(
                 body,
@@ -386,10 +378,12 @@ class TriggerConsumer:
                 message_id=message_id,
             )
         except BrokerUnavailable as exc:
-            tracing.fail(span, str(exc))
+            if span is not None:
+                tracing.fail(span, str(exc))
             raise
         finally:
-            span.end()
+            if span is not None:
+                span.end()
 
     async def _publish_retry(self, event: Event, retry: RetryLater, span: Span | None) -> None:
         headers = carried_headers(event.attrs)
