@@ -1067,3 +1067,21 @@ async def test_keep_alive_connection_serves_many_requests_in_order(bridge_factor
                 statuses.append(response.status)
     assert statuses == [202, 400, 202, 400, 202]
     assert await queue_depth(amqp, CATCH_ALL) == 3
+
+
+async def test_head_answers_carry_no_body(bridge_factory):
+    """RFC 9110: a HEAD answer has headers only; the connection stays usable afterwards."""
+    running = await bridge_factory(role="ingress")
+    host, port = running.url.removeprefix("http://").rstrip("/").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(b"HEAD / HTTP/1.1\r\nhost: x\r\n\r\nOPTIONS / HTTP/1.1\r\nhost: x\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 405 ")
+        assert b"content-length: " in head.lower()
+        # The next bytes are the OPTIONS answer, not a body of the HEAD answer.
+        options = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert options.startswith(b"HTTP/1.1 200 ")
+    finally:
+        writer.close()

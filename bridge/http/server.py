@@ -58,14 +58,15 @@ class Response:
         self.headers = headers or []
         self.close = close
 
-    def encode(self, keep_alive: bool) -> bytes:
+    def encode(self, keep_alive: bool, head: bool = False) -> bytes:
+        """The response bytes; for a HEAD request the headers only (RFC 9110: no body)."""
         lines = [f"HTTP/1.1 {self.status} {_REASONS.get(self.status, 'Unknown')}"]
         for name, value in self.headers:
             lines.append(f"{name}: {value}")
         lines.append(f"content-length: {len(self.body)}")
         if not keep_alive or self.close:
             lines.append("connection: close")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else self.body)
 
 
 def json_error(status: int, message: str, headers: list[tuple[str, str]] | None = None) -> Response:
@@ -112,7 +113,8 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpRequestParser(self)
-        self._pending: deque[tuple[Request, bool] | tuple[Response, bool]] = deque()
+        # (request or early answer, keep-alive, HEAD request)
+        self._pending: deque[tuple[Request | Response, bool, bool]] = deque()
         self._busy = False
         self._headers: dict[str, str] = {}
         self._url = b""
@@ -209,14 +211,14 @@ class _Connection(asyncio.Protocol):
             return
         keep_alive = bool(self._parser.should_keep_alive())
         self.request_started = None
+        method = self._parser.get_method().decode("latin-1")
+        head = method == "HEAD"
         if self._rejected is not None:
-            self._pending.append((self._rejected, keep_alive))
+            self._pending.append((self._rejected, keep_alive, head))
         else:
             body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-            method = self._parser.get_method().decode("latin-1")
-            self._pending.append(
-                (Request(method, self._path(), self._headers, body, self.peer), keep_alive)
-            )
+            request = Request(method, self._path(), self._headers, body, self.peer)
+            self._pending.append((request, keep_alive, head))
         if len(self._pending) > 16:
             transport.pause_reading()
         if not self._busy:
@@ -234,7 +236,7 @@ class _Connection(asyncio.Protocol):
         server.in_flight += 1
         try:
             while self._pending:
-                item, keep_alive = self._pending.popleft()
+                item, keep_alive, head = self._pending.popleft()
                 if isinstance(item, Response):
                     response = item
                 else:
@@ -245,7 +247,7 @@ class _Connection(asyncio.Protocol):
                         response = json_error(500, "bridge failed to handle the request.")
                 if self._transport is None:
                     return
-                self._write(response, keep_alive)
+                self._write(response, keep_alive, head)
                 if not keep_alive or response.close:
                     return
                 if len(self._pending) <= 4 and self._transport is not None:
@@ -257,14 +259,14 @@ class _Connection(asyncio.Protocol):
             if server.in_flight == 0:
                 server.idle.set()
 
-    def _write(self, response: Response, keep_alive: bool) -> None:
+    def _write(self, response: Response, keep_alive: bool, head: bool = False) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             return
         if keep_alive and not response.close and not self._server.draining:
-            transport.write(response.encode(True))
+            transport.write(response.encode(True, head))
         else:
-            transport.write(response.encode(False))
+            transport.write(response.encode(False, head))
             transport.close()
 
     def _fail(self, status: int, message: str) -> None:
