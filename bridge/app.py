@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-import orjson
 from aiormq.abc import AbstractConnection
 from opentelemetry.sdk.trace import SpanProcessor
 
@@ -352,10 +351,6 @@ class App:
                 if stale is not None:
                     self.link.remove(stale)
                     await stale.stop(budget)
-
-
-def render_json(doc: object) -> str:
-    return orjson.dumps(doc).decode("utf-8")
 
 
 async def run_daemon(

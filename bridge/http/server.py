@@ -14,9 +14,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import Any
 
 import httptools
 import orjson
@@ -356,13 +354,3 @@ class HTTPServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2.0)
             self._server = None
-
-
-class FunctionHandler(Handler):
-    """A handler made of one coroutine function (admin and sample endpoints)."""
-
-    def __init__(self, func: Callable[[Request], Awaitable[Response]], **_: Any) -> None:
-        self._func = func
-
-    async def handle(self, request: Request) -> Response:
-        return await self._func(request)
