@@ -350,41 +350,6 @@ class TriggerConsumer:
             return
         await self._settle(message)
 
-    async def _publish_traced(
-        self,
-        parent: Span | None,
-        name: str,
-        body: bytes,
-        headers: dict[str, Any],
-        content_type: str | None,
-        *,
-        exchange: str = "",
-        routing_key: str = "",
-        message_id: str | None = None,
-    ) -> None:
-        """Publish (confirmed); with tracing, inside a PRODUCER span whose context it carries."""
-        tracing = self._tracing
-        span = None
-        if parent is not None:
-            span = tracing.producer_span(name, parent, exchange or routing_key, headers)
-            tracing.inject(span, headers)
-        try:
-            await self._publisher.publish(
-                body,
-                headers,
-                content_type,
-                exchange=exchange,
-                routing_key=routing_key,
-                message_id=message_id,
-            )
-        except BrokerUnavailable as exc:
-            if span is not None:
-                tracing.fail(span, str(exc))
-            raise
-        finally:
-            if span is not None:
-                span.end()
-
     async def _publish_retry(self, event: Event, retry: RetryLater, span: Span | None) -> None:
         headers = carried_headers(event.attrs)
         headers[names.ATTEMPTS] = retry.attempts
@@ -395,15 +360,10 @@ class TriggerConsumer:
         headers[names.LAST_ERROR] = describe_answer(retry.answer)
         milliseconds = max(0, round(retry.delay * 1000))
         queue = await self._publisher.delay_queue(milliseconds)
-        await self._publish_traced(
-            span,
-            f"retry {self.queue}",
-            event.data,
-            headers,
-            event.content_type,
-            routing_key=queue,
-            message_id=event.id,
-        )
+        with self._tracing.producing(f"retry {self.queue}", span, queue, headers):
+            await self._publisher.publish(
+                event.data, headers, event.content_type, routing_key=queue, message_id=event.id
+            )
 
     async def _publish_dead_letter(self, event: Event, dead: DeadLetter, span: Span | None) -> None:
         error = describe_answer(dead.answer)
@@ -419,15 +379,10 @@ class TriggerConsumer:
             target, destination = self.trigger.sink_queue, "sink"
         else:
             target, destination = self.trigger.dead_letter_queue, "queue"
-        await self._publish_traced(
-            span,
-            f"dead-letter {target}",
-            event.data,
-            headers,
-            event.content_type,
-            routing_key=target,
-            message_id=event.id,
-        )
+        with self._tracing.producing(f"dead-letter {target}", span, target, headers):
+            await self._publisher.publish(
+                event.data, headers, event.content_type, routing_key=target, message_id=event.id
+            )
         self._metrics.child(self._metrics.dead_letters, self.trigger.key, destination).inc()
         log.warning(
             "dead-lettered event %s of trigger %s after %d attempt(s): %s",
@@ -466,15 +421,10 @@ class TriggerConsumer:
         else:
             exchange = names.unmatched(broker)
             self._metrics.child(self._metrics.unmatched, broker).inc()
-        await self._publish_traced(
-            span,
-            "publish reply",
-            reply.data,
-            attrs,
-            reply.content_type,
-            exchange=exchange,
-            message_id=reply.id,
-        )
+        with self._tracing.producing("publish reply", span, exchange, attrs):
+            await self._publisher.publish(
+                reply.data, attrs, reply.content_type, exchange=exchange, message_id=reply.id
+            )
         self._metrics.child(self._metrics.replies, self.trigger.key, "published").inc()
 
 

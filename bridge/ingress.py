@@ -178,21 +178,10 @@ class Ingress(Handler):
             attrs[CONTENT_TYPE_ATTRIBUTE] = event.content_type
         matched = routes.matches_any(broker, attrs)
         exchange = names.broker_exchange(broker) if matched else names.unmatched(broker)
-        tracing = self._tracing
-        span = None
-        if server_span is not None:
-            span = tracing.producer_span(f"publish {exchange}", server_span, exchange, attrs)
-            tracing.inject(span, attrs)  # the consumer continues from this span
-        try:
+        # With tracing, the consumer continues from this publish's span.
+        with self._tracing.producing(f"publish {exchange}", server_span, exchange, attrs):
             await self._publisher.publish(
                 event.data, attrs, event.content_type, exchange=exchange, message_id=event.id
             )
-        except BrokerUnavailable as exc:
-            if span is not None:
-                tracing.fail(span, str(exc))
-            raise
-        finally:
-            if span is not None:
-                span.end()
         if not matched:
             self._metrics.child(self._metrics.unmatched, broker).inc()

@@ -18,10 +18,12 @@ sampling decision made at ingress. Spans are exported by OTLP (gRPC or HTTP) in 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
 from collections.abc import Mapping, MutableMapping
+from contextlib import AbstractContextManager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -265,6 +267,40 @@ class Tracing:
     @staticmethod
     def fail(span: Span, message: str) -> None:
         span.set_status(Status(StatusCode.ERROR, message))
+
+    def producing(
+        self,
+        name: str,
+        parent: Span | None,
+        destination: str,
+        headers: MutableMapping[str, Any],
+    ) -> AbstractContextManager[Span | None]:
+        """Around one publish: a PRODUCER span whose context `headers` carry, ended (and
+        marked failed on an error) when the block ends. Without a parent (the event is not
+        traced) nothing is made: a shared do-nothing context is returned."""
+        if parent is None:
+            return _NOT_TRACED
+        span = self.producer_span(name, parent, destination, headers)
+        self.inject(span, headers)
+        return _Producing(span)
+
+
+class _Producing(AbstractContextManager[Span | None]):
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+
+    def __enter__(self) -> Span:
+        return self._span
+
+    def __exit__(self, kind: object, error: BaseException | None, tb: object) -> None:
+        if error is not None:
+            Tracing.fail(self._span, str(error))
+        self._span.end()
+
+
+_NOT_TRACED: AbstractContextManager[Span | None] = contextlib.nullcontext()
 
 
 __all__ = ["Span", "Tracing", "event_attributes"]
