@@ -32,34 +32,30 @@ LAST_STATUS = "bridge-last-status"
 DEAD_LETTERED = "bridge-dead-lettered"
 
 
-def _split(key: str) -> tuple[str, str]:
+def _named(prefix: str, key: str) -> str:
+    """`<prefix><namespace>.<name>` for a `namespace/name` key."""
     namespace, _, name = key.partition("/")
-    return namespace, name
+    return f"{prefix}{namespace}.{name}"
 
 
 def broker_exchange(broker_key: str) -> str:
-    ns, name = _split(broker_key)
-    return f"bridge.broker.{ns}.{name}"
+    return _named("bridge.broker.", broker_key)
 
 
 def unmatched(broker_key: str) -> str:
-    ns, name = _split(broker_key)
-    return f"bridge.unmatched.{ns}.{name}"
+    return _named("bridge.unmatched.", broker_key)
 
 
 def trigger_queue(trigger_key: str) -> str:
-    ns, name = _split(trigger_key)
-    return f"{TRIGGER_PREFIX}{ns}.{name}"
+    return _named(TRIGGER_PREFIX, trigger_key)
 
 
 def dead_letter_queue(trigger_key: str) -> str:
-    ns, name = _split(trigger_key)
-    return f"{DLQ_PREFIX}{ns}.{name}"
+    return _named(DLQ_PREFIX, trigger_key)
 
 
 def sink_queue(trigger_key: str) -> str:
-    ns, name = _split(trigger_key)
-    return f"{SINK_PREFIX}{ns}.{name}"
+    return _named(SINK_PREFIX, trigger_key)
 
 
 def delay_queue(milliseconds: int) -> str:

@@ -23,10 +23,9 @@ _I8 = struct.Struct(">b")
 _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
 _I64 = struct.Struct(">q")
-_U64 = struct.Struct(">Q")
-_F32 = struct.Struct(">f")
-_F64 = struct.Struct(">d")
 _EMPTY_TABLE = b"\x00\x00\x00\x00"
+# Integer field types by their type byte: b s u I i l L (pamqp reads L as signed too).
+_INTEGERS = {0x62: _I8, 0x73: _I16, 0x75: _U16, 0x49: _I32, 0x69: _U32, 0x6C: _I64, 0x4C: _I64}
 _KEY_LENGTH = [bytes((n,)) for n in range(256)]
 
 _original_field_table = encode.field_table
@@ -92,24 +91,10 @@ def decode_table_at(data: bytes, offset: int) -> tuple[int, dict[str, Any]]:
                 table[key] = raw.decode("utf-8")
             except UnicodeDecodeError:
                 table[key] = raw
-        elif kind == 0x62:  # b
-            table[key] = _I8.unpack_from(data, position)[0]
-            position += 1
-        elif kind == 0x73:  # s
-            table[key] = _I16.unpack_from(data, position)[0]
-            position += 2
-        elif kind == 0x75:  # u
-            table[key] = _U16.unpack_from(data, position)[0]
-            position += 2
-        elif kind == 0x49:  # I
-            table[key] = _I32.unpack_from(data, position)[0]
-            position += 4
-        elif kind == 0x69:  # i
-            table[key] = _U32.unpack_from(data, position)[0]
-            position += 4
-        elif kind in (0x6C, 0x4C):  # l, L (pamqp reads both as signed)
-            table[key] = _I64.unpack_from(data, position)[0]
-            position += 8
+        elif kind in _INTEGERS:
+            number = _INTEGERS[kind]
+            table[key] = number.unpack_from(data, position)[0]
+            position += number.size
         elif kind == 0x74:  # t
             table[key] = bool(data[position])
             position += 1

@@ -102,10 +102,7 @@ class Metrics:
         self._cache: dict[tuple[str, ...], Any] = {}
 
     def received(self, broker: str, outcome: str, reason: str = "") -> Counter:
-        key = ("r", broker, outcome, reason)
-        child = self._cache.get(key)
-        if child is None:
-            child = self._cache[key] = self.events_received.labels(broker, outcome, reason)
+        child: Counter = self.child(self.events_received, broker, outcome, reason)
         return child
 
     def delivered(self, trigger: str, code: int) -> Counter:
