@@ -23,29 +23,14 @@ from bridge.config import (
     resolve_config_path,
 )
 from bridge.errors import ConfigError
+from tests.conftest import write
 
 DATA = Path(__file__).parent / "data"
 REFERENCE = DATA / "trigger-reference.yaml"
 EXAMPLE = Path(__file__).parent.parent / "config.example.toml"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No BRIDGE_ variable of the caller leaks in, and ./config.toml is never the repository's."""
-    import os
-
-    for name in list(os.environ):
-        if name.upper().startswith("BRIDGE_"):
-            monkeypatch.delenv(name)
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-
-
-def write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text), encoding="utf-8")
-    return path
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def config_error(cli_path: str | Path | None) -> str:
