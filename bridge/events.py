@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 
+from bridge import rawjson
 from bridge.errors import EventError
 
 PREFIX = "ce-"
@@ -36,8 +39,25 @@ DEFAULT_TTL = 255
 MAX_NAME = 125
 _NAME = re.compile(rf"[a-z0-9]{{1,{MAX_NAME}}}\Z")
 _RFC3339 = re.compile(
-    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})\Z"
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.[0-9]+)?"
+    r"(?:[Zz]|[+-]([0-9]{2}):([0-9]{2}))\Z"
 )
+_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+# CloudEvents' String type excludes control characters, surrogates and noncharacters; this also
+# keeps every value sendable as an HTTP header (no CR, LF or NUL can reach the wire).
+_BAD_CHARACTER = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(chr(plane << 16 | 0xFFFE) + chr(plane << 16 | 0xFFFF) for plane in range(17))
+    + "]"
+)
+# RFC 9110 media type (RFC 2046's type/subtype with parameters), ASCII only: the datacontenttype
+# travels as the HTTP Content-Type and the AMQP content_type.
+_TCHARS = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_QUOTED = r'"(?:[\t !#-\[\]-~]|\\[\t -~])*"'
+_MEDIA_TYPE = re.compile(
+    rf"{_TCHARS}/{_TCHARS}(?:[ \t]*;[ \t]*(?:{_TCHARS}=(?:{_TCHARS}|{_QUOTED}))?)*[ \t]*\Z"
+)
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 # The attributes are the AMQP headers of the stored message, which must fit in one AMQP frame
 # (RabbitMQ's frame_max: 128 KiB); the datacontenttype is the `content_type`, a short string.
 MAX_ATTRIBUTES_BYTES = 65536
@@ -128,7 +148,7 @@ def decode_http(headers: Mapping[str, str], body: bytes) -> list[Event]:
     if mt.startswith("application/cloudevents"):
         if mt != "application/cloudevents+json":
             raise EventError(f"the structured format {mt!r} is not supported; use JSON.", 415)
-        return [event_from_json(_load_json(body), "")]
+        return [_structured(body)]
     if "ce-specversion" in headers:
         return [_decode_binary(headers, content_type, body)]
     if mt == "application/json":
@@ -138,7 +158,7 @@ def decode_http(headers: Mapping[str, str], body: bytes) -> list[Event]:
                 "the JSON body is not a CloudEvent: it has no specversion, and there is no "
                 "ce-specversion header."
             )
-        return [event_from_json(doc, "")]
+        return [event_from_json(doc, "", _raw_data(body, 0))]
     raise EventError(
         "the request is not a CloudEvent: it has no ce-specversion header and no "
         "CloudEvents content type."
@@ -149,14 +169,70 @@ def _load_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise EventError(f"the body is not valid JSON ({exc.args[0]}).") from None
+        doc = _load_json_wide(body)
+        if doc is _INVALID:
+            raise EventError(f"the body is not valid JSON ({exc.args[0]}).") from None
+        return doc
+
+
+_INVALID = object()
+# Python refuses to convert integers of more than 4,300 digits; the value only matters for
+# attributes (where such a number is refused anyway), never for data, which is kept as bytes.
+_MAX_INT_DIGITS = 4000
+
+
+def _wide_int(text: str) -> int | float:
+    return int(text) if len(text) <= _MAX_INT_DIGITS else math.inf
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _load_json_wide(body: bytes) -> Any:
+    """Valid JSON that orjson refuses: numbers beyond a double's range (an integer of 400 digits,
+    1E400) and escaped lone surrogates. Only called after orjson failed; `_INVALID` if not JSON."""
+    try:
+        return json.loads(
+            body.decode("utf-8"),
+            parse_int=_wide_int,
+            parse_float=float,
+            parse_constant=_no_constant,
+        )
+    except (ValueError, RecursionError):
+        return _INVALID
+
+
+def is_json(data: bytes) -> bool:
+    """Whether `data` is one JSON document (by the same rules as the ingress)."""
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _load_json_wide(data) is not _INVALID
+    return True
+
+
+def _raw_data(body: bytes, start: int) -> bytes | None:
+    """The bytes of the `data` member of the (validated) JSON object at `start`, unchanged."""
+    return rawjson.member_bytes(body, "data", start)
+
+
+def _structured(body: bytes) -> Event:
+    doc = _load_json(body)
+    return event_from_json(doc, "", _raw_data(body, 0) if isinstance(doc, dict) else None)
 
 
 def _decode_batch(body: bytes) -> list[Event]:
     doc = _load_json(body)
     if not isinstance(doc, list):
         raise EventError("a batch must be a JSON array of events.")
-    return [event_from_json(item, f"event [{i}]: ") for i, item in enumerate(doc)]
+    starts = rawjson.item_starts(body)
+    return [
+        event_from_json(
+            item, f"event [{i}]: ", _raw_data(body, starts[i]) if isinstance(item, dict) else None
+        )
+        for i, item in enumerate(doc)
+    ]
 
 
 def _percent_decode(raw: str, name: str) -> str:
@@ -195,8 +271,12 @@ def _decode_binary(headers: Mapping[str, str], content_type: str | None, body: b
     return Event(attrs, content_type, body)
 
 
-def event_from_json(doc: Any, where: str) -> Event:
-    """A structured-mode (JSON format) event; `where` prefixes error messages in batches."""
+def event_from_json(doc: Any, where: str, raw_data: bytes | None = None) -> Event:
+    """A structured-mode (JSON format) event; `where` prefixes error messages in batches.
+
+    `raw_data` is the `data` member's JSON text as received: it becomes the event's data as is,
+    so numbers keep every digit. Without it (a document built in code) the value is serialised.
+    """
     if not isinstance(doc, dict):
         raise EventError(f"{where}a CloudEvent in JSON must be an object.")
     attrs: dict[str, Any] = {}
@@ -226,6 +306,11 @@ def event_from_json(doc: Any, where: str) -> Event:
         elif isinstance(value, bool):
             value = "true" if value else "false"
         elif isinstance(value, int):
+            if not INT32_MIN <= value <= INT32_MAX:
+                raise EventError(
+                    f"{where}the extension {key} is an integer outside the 32-bit range of "
+                    "CloudEvents Integer."
+                )
             value = str(value)
         elif not isinstance(value, str):
             raise EventError(
@@ -248,15 +333,51 @@ def event_from_json(doc: Any, where: str) -> Event:
     elif has_data:
         value = doc["data"]
         if value is not None:
-            if is_json_media(content_type):
-                data = orjson.dumps(value)
-                if content_type is None:
-                    content_type = "application/json"
-            elif isinstance(value, str):
+            if isinstance(value, str) and not is_json_media(content_type):
                 data = value.encode("utf-8")
             else:
-                data = orjson.dumps(value)
+                data = raw_data if raw_data is not None else _dumps(value, where)
+                if content_type is None:
+                    content_type = "application/json"
     return Event(attrs, content_type, data)
+
+
+def _dumps(value: Any, where: str) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise EventError(f"{where}the data cannot be written as JSON ({exc}).") from None
+
+
+def _check_time(time: str, where: str) -> None:
+    """RFC 3339: the pattern, then every field in its range (an offset up to 23:59)."""
+    match = _RFC3339.match(time)
+    if match is not None:
+        year, month, day, hour, minute, second, off_h, off_m = match.groups()
+        leap = int(year) % 4 == 0 and (int(year) % 100 != 0 or int(year) % 400 == 0)
+        month_n = int(month)
+        if (
+            1 <= month_n <= 12
+            and 1 <= int(day) <= (_DAYS[month_n - 1] if month_n != 2 or leap else 28)
+            and int(hour) <= 23
+            and int(minute) <= 59
+            and int(second) <= 60  # a leap second
+            and (off_h is None or (int(off_h) <= 23 and int(off_m) <= 59))
+        ):
+            return
+    raise EventError(f"{where}time {time[:80]!r} is not an RFC 3339 timestamp.")
+
+
+def _check_characters(attrs: dict[str, Any], where: str) -> None:
+    """No attribute value may hold a character CloudEvents' String type excludes."""
+    if not _BAD_CHARACTER.search("".join(attrs.values())):
+        return
+    for name, value in attrs.items():
+        if _BAD_CHARACTER.search(value):
+            raise EventError(
+                f"{where}the attribute {name.removeprefix(PREFIX)} contains a control "
+                "character, a surrogate or a noncharacter, which CloudEvents strings exclude."
+            )
 
 
 def _validate(attrs: dict[str, Any], content_type: str | None, where: str) -> None:
@@ -272,12 +393,18 @@ def _validate(attrs: dict[str, Any], content_type: str | None, where: str) -> No
     for optional in ("subject", "dataschema"):
         if attrs.get(PREFIX + optional) == "":
             raise EventError(f"{where}the attribute {optional} must not be empty when present.")
+    _check_characters(attrs, where)
     if content_type is not None:
         if content_type == "":
             raise EventError(f"{where}datacontenttype must not be empty when present.")
-        if len(content_type) > 63 and len(content_type.encode()) > MAX_CONTENT_TYPE_BYTES:
+        if len(content_type) > MAX_CONTENT_TYPE_BYTES:
             raise EventError(
                 f"{where}datacontenttype is longer than {MAX_CONTENT_TYPE_BYTES} bytes."
+            )
+        if not _MEDIA_TYPE.match(content_type):
+            raise EventError(
+                f"{where}datacontenttype {content_type[:80]!r} is not a media type "
+                "(type/subtype with optional parameters, RFC 2046)."
             )
     size = sum(map(len, attrs)) + sum(map(len, attrs.values()))
     if size > MAX_ATTRIBUTES_BYTES // 4 and (
@@ -287,8 +414,8 @@ def _validate(attrs: dict[str, Any], content_type: str | None, where: str) -> No
             f"{where}the event's attributes take more than {MAX_ATTRIBUTES_BYTES} bytes.", 413
         )
     time = attrs.get("ce-time")
-    if time is not None and not _RFC3339.match(time):
-        raise EventError(f"{where}time {time!r} is not an RFC 3339 timestamp.")
+    if time is not None:
+        _check_time(time, where)
     ttl = attrs.get(TTL_ATTRIBUTE)
     if ttl is None:
         attrs[TTL_ATTRIBUTE] = "255"
@@ -342,19 +469,17 @@ def binary_headers(
 def json_document(
     event: Event, skip: Iterable[str] = (TTL_ATTRIBUTE, CONTENT_TYPE_ATTRIBUTE)
 ) -> dict[str, Any]:
-    """The event in the JSON event format, as a dict: JSON data inline, text data (`text/*`) as
-    a string, anything else as `data_base64`."""
+    """The event in the JSON event format, as a dict: JSON data inline (its bytes unchanged, as an
+    `orjson.Fragment`), text data (`text/*`) as a string, anything else as `data_base64`."""
     doc: dict[str, Any] = dict(event.attributes(skip))
     data = event.data
     if not data:
         return doc
     content_type = event.content_type
     if is_json_media(content_type):
-        try:
-            doc["data"] = orjson.loads(data)
+        if is_json(data):  # only a check: the data goes out as it came, every digit kept
+            doc["data"] = orjson.Fragment(data)
             return doc
-        except orjson.JSONDecodeError:
-            pass
     elif content_type is not None and media_type(content_type).startswith("text/"):
         try:
             doc["data"] = data.decode("utf-8")

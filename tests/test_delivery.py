@@ -12,11 +12,13 @@ from bridge.config import BrokerDelivery, DeliverySpec
 from bridge.delivery import (
     DEFAULT_RETRY_AFTER_CAP,
     NO_RESPONSE,
+    RETRY_AFTER_LEVELS,
     EffectiveDelivery,
     Outcome,
     classify,
     effective_delivery,
     parse_retry_after,
+    retry_after_level,
     retry_delay,
 )
 
@@ -42,11 +44,11 @@ def delivery(**fields: Any) -> EffectiveDelivery:
 @pytest.mark.parametrize(
     ("policy", "delay", "n", "seconds"),
     [
-        ("exponential", 0.2, 1, 0.2),
-        ("exponential", 0.2, 2, 0.4),
-        ("exponential", 0.2, 3, 0.8),
-        ("exponential", 0.2, 10, 102.4),
-        ("exponential", 1.0, 5, 16.0),
+        ("exponential", 0.2, 1, 0.4),
+        ("exponential", 0.2, 2, 0.8),
+        ("exponential", 0.2, 3, 1.6),
+        ("exponential", 0.2, 10, 204.8),
+        ("exponential", 1.0, 5, 32.0),
         ("exponential", 0.0, 7, 0.0),
         ("linear", 0.2, 1, 0.2),
         ("linear", 0.2, 2, 0.4),
@@ -61,15 +63,12 @@ def test_backoff(policy: str, delay: float, n: int, seconds: float) -> None:
     assert isinstance(d.backoff(n), float)
 
 
-def test_schedule_has_one_wait_per_retry() -> None:
-    assert delivery(retry=4, backoff_delay=1.0).schedule() == [1.0, 2.0, 4.0, 8.0]
-    assert delivery(retry=4, backoff_delay=1.0, backoff_policy="linear").schedule() == [
-        1.0,
-        2.0,
-        3.0,
-        4.0,
-    ]
-    assert delivery(retry=0).schedule() == []
+def test_backoff_is_the_contracts_example() -> None:
+    """CONTRACT section 6: with PT0.2S, exponential waits 0.4 s, 0.8 s, 1.6 s ... (2^n, n >= 1)."""
+    d = delivery(backoff_delay=0.2)
+    assert [d.backoff(n) for n in (1, 2, 3, 4)] == pytest.approx([0.4, 0.8, 1.6, 3.2])
+    linear = delivery(backoff_delay=1.0, backoff_policy="linear")
+    assert [linear.backoff(n) for n in (1, 2, 3)] == [1.0, 2.0, 3.0]
 
 
 # --- classification -------------------------------------------------------------------------
@@ -175,20 +174,25 @@ def test_unusable_retry_after_is_none(value: str | None) -> None:
         (429, "999999", None, 1, DEFAULT_RETRY_AFTER_CAP),
         (429, "9" * 400, None, 1, DEFAULT_RETRY_AFTER_CAP),
         # the backoff wins when it is longer than the Retry-After
-        (429, "0", None, 3, 0.8),
-        (429, "1", 30.0, 4, 1.6),
+        (429, "0", None, 3, 1.6),
+        (429, "1", 30.0, 4, 3.2),
         # the cap never shortens the backoff
-        (429, "100", 0.1, 3, 0.8),
+        (429, "100", 0.1, 3, 1.6),
         # other statuses ignore Retry-After
-        (500, "10", None, 1, 0.2),
-        (502, "10", None, 2, 0.4),
-        (404, "10", None, 1, 0.2),
-        (408, "10", None, 1, 0.2),
-        (NO_RESPONSE, "10", None, 1, 0.2),
+        (500, "10", None, 1, 0.4),
+        (502, "10", None, 2, 0.8),
+        (404, "10", None, 1, 0.4),
+        (408, "10", None, 1, 0.4),
+        (NO_RESPONSE, "10", None, 1, 0.4),
         # no or unusable header: plain backoff
-        (429, None, None, 2, 0.4),
-        (503, "later", None, 2, 0.4),
-        (503, "\xb2", None, 2, 0.4),
+        (429, None, None, 2, 0.8),
+        (503, "later", None, 2, 0.8),
+        (503, "\xb2", None, 2, 0.8),
+        # a Retry-After is rounded up to a fixed level, then capped
+        (429, "7", None, 1, 10.0),
+        (503, http_date(61), None, 1, 90.0),
+        (429, "4000", 7200.0, 1, 7200.0),
+        (429, "3601", 9000.0, 1, 7200.0),
     ],
 )
 def test_retry_delay(
@@ -196,6 +200,21 @@ def test_retry_delay(
 ) -> None:
     d = delivery(backoff_delay=0.2, retry_after_max=cap)
     assert retry_delay(d, n, status, retry_after, NOW) == pytest.approx(seconds)
+
+
+def test_retry_after_levels_bound_the_delay_queues() -> None:
+    """Any Retry-After (seconds or an HTTP date to the millisecond) lands on a fixed level: 200
+    different values give at most len(RETRY_AFTER_LEVELS) distinct waits under the default cap."""
+    d = delivery(backoff_delay=0.001)
+    waits = {
+        retry_delay(d, 1, 503, http_date(seconds), NOW)
+        for seconds in (0.5 + i * 17.937 for i in range(200))
+    } | {retry_delay(d, 1, 429, str(i * 19), NOW) for i in range(200)}
+    assert waits <= {float(level) for level in RETRY_AFTER_LEVELS} | {d.backoff(1)}
+    assert len(waits) <= len(RETRY_AFTER_LEVELS) + 1
+    assert retry_after_level(0.001) == 1.0
+    assert retry_after_level(59.5) == 60.0
+    assert retry_after_level(0) == 0.0
 
 
 def test_retry_after_cap() -> None:
@@ -265,7 +284,7 @@ def test_effective_delivery_from_iso_durations() -> None:
     d = effective_delivery(spec, BrokerDelivery(), None)
     assert d.backoff_delay == 0.25
     assert d.timeout == 60.0
-    assert d.backoff(3) == 1.0
+    assert d.backoff(3) == 2.0
 
 
 def test_effective_delivery_is_immutable() -> None:
