@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 from aiormq.abc import AbstractConnection
@@ -40,6 +41,12 @@ log = logging.getLogger("bridge")
 
 Role = Literal["all", "ingress", "dispatcher"]
 QUEUE_DEPTH_INTERVAL = 15.0
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
+
+
+def proxy_variables(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """The proxy variables set (upper or lower case): bridge's subscriber client ignores them."""
+    return [name for name in PROXY_VARIABLES if environ.get(name) or environ.get(name.lower())]
 
 
 class Admin(Handler):
@@ -85,9 +92,11 @@ class App:
         self.draining = False
         self.stopped = asyncio.Event()
         rabbit = self.settings.rabbitmq
+        subscribers = self.settings.subscribers
         register_secrets(
             self.settings.ingress.auth_token.get_secret_value(),
             *(v.get_secret_value() for v in self.settings.tracing.headers.values()),
+            subscribers.client_key_password.get_secret_value(),
         )
         self.link = AMQPLink(
             rabbit.url.get_secret_value(),
@@ -101,7 +110,11 @@ class App:
         )
         self.link.add(self.declarer)
         self.link.add(self.publisher)
-        self.client = SubscriberClient()
+        self.client = SubscriberClient(
+            subscribers.client_cert,
+            subscribers.client_key,
+            subscribers.client_key_password.get_secret_value(),
+        )
         self.consumers: dict[tuple[str, str], TriggerConsumer] = {}
         self.ingress: Ingress | None = None
         self.ingress_server: HTTPServer | None = None
@@ -144,6 +157,8 @@ class App:
             return "bridge is not connected to RabbitMQ."
         if not self.publisher.connected:
             return "the RabbitMQ publisher channel is not open."
+        if self.link.blocked is not None:
+            return f"RabbitMQ blocks publishing ({self.link.blocked})."
         for consumer in self.consumers.values():
             if not consumer.attached:
                 return f"the consumer of {consumer.queue} is not attached."
@@ -174,6 +189,13 @@ class App:
                 idle_timeout=ingress.idle_timeout.total_seconds(),
             )
             await self.ingress_server.start()
+        proxies = proxy_variables() if self.role in ("all", "dispatcher") else []
+        if proxies:
+            log.warning(
+                "%s set, but bridge delivers to subscribers and dead-letter sinks directly: "
+                "HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and NO_PROXY are not supported",
+                " and ".join(proxies) + (" is" if len(proxies) == 1 else " are"),
+            )
         loop = asyncio.get_running_loop()
         self._background.append(loop.create_task(self._report_ready()))
         self._background.append(loop.create_task(self._poll_queue_depths()))

@@ -120,6 +120,15 @@ class Ingress(Handler):
             reason = {415: "unsupported_format", 413: "too_large"}.get(exc.status, "invalid")
             self._reject(broker, reason)
             return json_error(exc.status, str(exc))
+        if self._publisher.blocked is not None:
+            # A resource alarm: a publish would only wait for publish_timeout, then be stored
+            # anyway after a 503. Refuse at once instead, storing nothing.
+            self._metrics.received(broker, "unavailable").inc(len(events))
+            return json_error(
+                503,
+                "RabbitMQ is refusing new messages (a resource alarm); send the event again later.",
+                [("retry-after", self._retry_after)],
+            )
         headers = request.headers
         traceparent = headers.get("traceparent")
         tracestate = headers.get("tracestate")

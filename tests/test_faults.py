@@ -332,3 +332,80 @@ def _rabbitmq_running():
 
 
 __all__ = ["AMQP_BASE"]
+
+
+def _restore(watermark: str) -> None:
+    if watermark.startswith("{absolute,"):
+        _rabbitmqctl("set_vm_memory_high_watermark", "absolute", watermark[10:-1])
+    else:
+        _rabbitmqctl("set_vm_memory_high_watermark", watermark)
+
+
+def _rabbitmqctl(*args: str) -> str:
+    return subprocess.run(
+        [RABBITMQCTL, *args], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+
+
+async def test_memory_alarm_answers_503_at_once_stores_nothing_and_reports_not_ready(
+    bridge_factory, subscriber_factory
+):
+    """Finding 10: under a RabbitMQ resource alarm every request used to wait publish_timeout
+    and get 503 although the event was stored (and delivered later), with /readyz still 200.
+    Now: 503 + Retry-After without publishing, and not ready until the alarm clears."""
+    sub = await subscriber_factory()
+    running = await bridge_factory(
+        triggers=[trigger("t", sub.url, filter=FILTER)],
+        # A wait for the confirm would outlast the client's 10 s timeout below.
+        rabbitmq={"publish_timeout": 60},
+    )
+    headers = {"ce-specversion": "1.0", "ce-source": "acs.oss", "ce-type": TYPE}
+    timeout = aiohttp.ClientTimeout(total=10)
+
+    async def send(session: aiohttp.ClientSession, event_id: str) -> tuple[int, dict, bytes]:
+        async with session.post(
+            running.url, data=b"{}", headers={**headers, "ce-id": event_id}
+        ) as r:
+            return r.status, dict(r.headers), await r.read()
+
+    async def ready(session: aiohttp.ClientSession) -> tuple[int, bytes]:
+        async with session.get(running.admin + "readyz") as r:
+            return r.status, await r.read()
+
+    watermark = _rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        assert (await send(session, "before"))[0] == 202
+        refused: list[str] = []
+        try:
+            _rabbitmqctl("set_vm_memory_high_watermark", "0.0000001")
+            # RabbitMQ tells a connection it is blocked when it first publishes during an
+            # alarm; that first publish waits in RabbitMQ (stored once the alarm clears).
+            async with aiohttp.ClientSession() as probe_session:
+                probe = asyncio.ensure_future(send(probe_session, "first-during"))
+
+                async def not_ready() -> bool:
+                    status, body = await ready(session)
+                    return status == 503 and b"blocks publishing" in body
+
+                await eventually(not_ready, timeout=30, what="/readyz to report the alarm")
+                for i in range(5):
+                    status, answer_headers, body = await send(session, f"during-{i}")
+                    assert status == 503, body
+                    assert "retry-after" in {k.lower() for k in answer_headers}
+                    assert b"resource alarm" in body
+                    refused.append(f"during-{i}")
+                assert not probe.done()
+                _restore(watermark)
+                # The first publish was waiting for its confirm, within publish_timeout: 202.
+                assert (await probe)[0] == 202
+        finally:
+            _restore(watermark)
+
+        async def is_ready() -> bool:
+            return (await ready(session))[0] == 200
+
+        await eventually(is_ready, timeout=30, what="/readyz once the alarm cleared")
+        assert (await send(session, "after"))[0] == 202
+    await eventually(lambda: "after" in sub.ids(), timeout=20, what="the event sent after")
+    assert {"before", "first-during"} <= set(sub.ids())
+    assert not set(refused) & set(sub.ids()), "an event answered 503 was stored and delivered"

@@ -28,6 +28,27 @@ DEFAULT_HEARTBEAT = "10"
 CONNECT_TIMEOUT = 10.0
 
 
+class _BlockAwareConnection(aiormq.Connection):
+    """aiormq's connection, telling bridge when RabbitMQ blocks or unblocks it.
+
+    RabbitMQ sends `connection.blocked` when a memory or disk alarm stops it from accepting
+    publishes (it then stops reading the socket). aiormq handles both frames in private methods
+    and offers no callback, so these override them (name-mangled names) and call the original.
+    """
+
+    on_blocked: Callable[[str | None], None] | None = None
+
+    async def _Connection__handle_connection_blocked(self, frame: Any) -> None:
+        await super()._Connection__handle_connection_blocked(frame)  # type: ignore[misc]
+        if self.on_blocked is not None:
+            self.on_blocked(str(frame.reason or "a resource alarm"))
+
+    async def _Connection__handle_connection_unblocked(self, frame: Any) -> None:
+        await super()._Connection__handle_connection_unblocked(frame)  # type: ignore[misc]
+        if self.on_blocked is not None:
+            self.on_blocked(None)
+
+
 class TopologyError(BridgeError):
     """RabbitMQ refused a declaration for good (e.g. a queue exists with other arguments)."""
 
@@ -90,6 +111,8 @@ class AMQPLink:
         self.ready = asyncio.Event()
         self.fatal: BaseException | None = None
         self.connects = 0
+        # Why RabbitMQ blocks publishers (a memory or disk alarm), None when it does not.
+        self.blocked: str | None = None
 
     @property
     def connection(self) -> AbstractConnection | None:
@@ -141,15 +164,25 @@ class AMQPLink:
 
         channel.closing.add_done_callback(closed)
 
+    def _set_blocked(self, reason: str | None) -> None:
+        if reason is not None:
+            log.warning("RabbitMQ blocks publishing (%s): answering 503 until it lifts", reason)
+        elif self.blocked is not None:
+            log.warning("RabbitMQ accepts publishing again")
+        self.blocked = reason
+
     async def _connect_once(self) -> AbstractConnection:
+        conn = _BlockAwareConnection(self._url, client_properties={"connection_name": self._name})
+        conn.on_blocked = self._set_blocked
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):
-                conn: AbstractConnection = await aiormq.connect(
-                    self._url, client_properties={"connection_name": self._name}
-                )
-                return conn
+                await conn.connect()
         except AMQP_ERRORS as exc:
+            with contextlib.suppress(Exception):
+                await conn.close()
             raise broker_error(exc) from None
+        self.blocked = None  # a new connection starts unblocked; RabbitMQ says so if not
+        return conn
 
     async def _connect(self) -> AbstractConnection:
         def before_sleep(state: Any) -> None:

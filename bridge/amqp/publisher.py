@@ -35,6 +35,11 @@ class Publisher:
     def connected(self) -> bool:
         return self._channel is not None
 
+    @property
+    def blocked(self) -> str | None:
+        """Why RabbitMQ blocks publishing right now (a resource alarm), or None."""
+        return self._link.blocked
+
     async def attach(self, connection: AbstractConnection) -> None:
         channel = await connection.channel(publisher_confirms=True)
         self._link.watch_channel(channel, "publisher")
