@@ -153,6 +153,15 @@ class DeadLetters:
                     out.append(DeadLetterView.of(message, key))
         return out
 
+    async def count(self, trigger: str | None) -> int:
+        """How many dead letters there are in all (of `trigger` when given)."""
+        return sum(
+            [
+                await queue_depth(self.connection, queue) or 0
+                for _, queue in await self._queues(trigger)
+            ]
+        )
+
     async def show(self, event_id: str, trigger: str | None) -> dict[str, Any] | None:
         for key, queue in await self._queues(trigger):
             async with browse(self.connection, queue) as (_, messages):
@@ -323,10 +332,19 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise ConfigError("--limit must be at least 1.")
 
-    async def work(conn: AbstractConnection, keys: list[str]) -> list[DeadLetterView]:
-        return await DeadLetters(conn, keys).list_letters(_check_trigger(args.trigger), args.limit)
+    async def work(conn: AbstractConnection, keys: list[str]) -> tuple[list[DeadLetterView], int]:
+        letters = DeadLetters(conn, keys)
+        trigger = _check_trigger(args.trigger)
+        return await letters.list_letters(trigger, args.limit), await letters.count(trigger)
 
-    rows: list[DeadLetterView] = _run(_with_connection(args.config, work))
+    rows: list[DeadLetterView]
+    rows, total = _run(_with_connection(args.config, work))
+    if total > len(rows):
+        # On stderr, so that --json output stays one object a line.
+        print(
+            f"showing {len(rows)} of {total} dead letters; use --limit {total} to list them all.",
+            file=sys.stderr,
+        )
     if args.json:
         for row in rows:
             sys.stdout.write(orjson.dumps(row.as_dict()).decode("utf-8") + "\n")

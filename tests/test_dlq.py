@@ -209,9 +209,18 @@ async def test_list_neither_consumes_nor_reorders(
         assert row["time"].startswith("20")
     assert await queue_depth(amqp, FAILS_DLQ) == N
 
-    code, out, _ = await bridge_cli(config, "dlq", "list", "--json", "--limit", "7")
+    assert "showing" not in err  # all of them were listed: no note
+
+    code, out, err = await bridge_cli(config, "dlq", "list", "--json", "--limit", "7")
     assert code == 0
     assert [r["id"] for r in json_lines(out)] == [r["id"] for r in rows[:7]]
+    # Finding 11: a cut list used to stop silently; it says so, on stderr.
+    assert f"showing 7 of {N} dead letters; use --limit {N} to list them all." in err
+
+    code, out, err = await bridge_cli(config, "dlq", "list")
+    assert code == 0
+    assert f"showing 100 of {N} dead letters" in err
+    assert len(out.strip().splitlines()) == 101  # the header and 100 rows
 
     code, out, _ = await bridge_cli(config, "dlq", "list")  # the table, default --limit 100
     assert code == 0
