@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import time
 from typing import Any
 
@@ -34,10 +35,11 @@ log = logging.getLogger("bridge.ingress")
 
 ACCEPTED = Response(202)
 ALLOW = [("allow", "POST, OPTIONS")]
-# W3C trace context: traceparent is 55 characters today; tracestate is at most 512. Longer values
-# are not trace context and are not carried (they would only inflate the stored headers).
-MAX_TRACEPARENT = 256
-MAX_TRACESTATE = 512
+# W3C trace context, carried to subscribers as received: a traceparent of the 55-character form
+# and a tracestate of at most 512 printable ASCII characters. Anything else is not trace context
+# and is not carried (stored headers stay small, outgoing headers stay clean).
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
+_TRACESTATE = re.compile(r"[\x20-\x7e]{0,512}\Z")
 
 
 class Ingress(Handler):
@@ -132,9 +134,9 @@ class Ingress(Handler):
         headers = request.headers
         traceparent = headers.get("traceparent")
         tracestate = headers.get("tracestate")
-        if traceparent is not None and len(traceparent) > MAX_TRACEPARENT:
-            traceparent = None
-        if tracestate is not None and len(tracestate) > MAX_TRACESTATE:
+        if traceparent is not None and not _TRACEPARENT.match(traceparent):
+            traceparent = tracestate = None  # not W3C trace context: neither is carried
+        if tracestate is not None and not _TRACESTATE.match(tracestate):
             tracestate = None
         span = None
         if self._tracing.enabled:

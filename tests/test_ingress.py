@@ -340,6 +340,8 @@ async def test_trace_context_is_carried_and_oversized_trace_headers_are_not(brid
     for event_id, extra in [
         ("traced", {"traceparent": traceparent, "tracestate": "vendor=1"}),
         ("oversized", {"traceparent": "0" * 300, "tracestate": "v=" + "x" * 600}),
+        ("malformed", {"traceparent": traceparent.upper(), "tracestate": "vendor=1"}),
+        ("bad-state", {"traceparent": traceparent, "tracestate": "v=\xe9"}),
     ]:
         status, _, body = await running.post(
             "/",
@@ -354,6 +356,10 @@ async def test_trace_context_is_carried_and_oversized_trace_headers_are_not(brid
     assert messages["traced"]["tracestate"] == "vendor=1"
     assert "traceparent" not in messages["oversized"]
     assert "tracestate" not in messages["oversized"]
+    assert "traceparent" not in messages["malformed"]
+    assert "tracestate" not in messages["malformed"]
+    assert messages["bad-state"]["traceparent"] == traceparent
+    assert "tracestate" not in messages["bad-state"]
 
 
 # --- paths ---------------------------------------------------------------------------------------
