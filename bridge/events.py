@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import msgspec
 import orjson
 
 from bridge import rawjson
@@ -158,7 +159,7 @@ def decode_http(headers: Mapping[str, str], body: bytes) -> list[Event]:
                 "the JSON body is not a CloudEvent: it has no specversion, and there is no "
                 "ce-specversion header."
             )
-        return [event_from_json(doc, "", _raw_data(body, 0))]
+        return [event_from_json(doc, "", _raw_data(body))]
     raise EventError(
         "the request is not a CloudEvent: it has no ce-specversion header and no "
         "CloudEvents content type."
@@ -212,27 +213,45 @@ def is_json(data: bytes) -> bool:
     return True
 
 
-def _raw_data(body: bytes, start: int) -> bytes | None:
-    """The bytes of the `data` member of the (validated) JSON object at `start`, unchanged."""
-    return rawjson.member_bytes(body, "data", start)
+# The raw JSON text of each member, unparsed (msgspec.Raw: a view of the body, about 3 us for the
+# 1 KB reference event). Documents it cannot take (nesting past its limit of about 1,000 levels,
+# escaped lone surrogates) are rare and go through bridge.rawjson's scanner instead.
+_RAW_MEMBERS = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_RAW_ITEMS = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def _raw_data(body: bytes) -> bytes | None:
+    """The bytes of the `data` member of the (validated) JSON object `body`, unchanged."""
+    try:
+        raw = _RAW_MEMBERS.decode(body).get("data")
+    except (msgspec.DecodeError, RecursionError):
+        return rawjson.member_bytes(body, "data")
+    return None if raw is None else bytes(raw)
+
+
+def _raw_batch_data(body: bytes) -> list[bytes | None]:
+    """The bytes of each item's `data` member in the (validated) JSON array `body`."""
+    try:
+        items = [bytes(item) for item in _RAW_ITEMS.decode(body)]
+    except (msgspec.DecodeError, RecursionError):
+        return [
+            rawjson.member_bytes(body, "data", start) if body[start : start + 1] == b"{" else None
+            for start in rawjson.item_starts(body)
+        ]
+    return [_raw_data(item) if item[:1] == b"{" else None for item in items]
 
 
 def _structured(body: bytes) -> Event:
     doc = _load_json(body)
-    return event_from_json(doc, "", _raw_data(body, 0) if isinstance(doc, dict) else None)
+    return event_from_json(doc, "", _raw_data(body) if isinstance(doc, dict) else None)
 
 
 def _decode_batch(body: bytes) -> list[Event]:
     doc = _load_json(body)
     if not isinstance(doc, list):
         raise EventError("a batch must be a JSON array of events.")
-    starts = rawjson.item_starts(body)
-    return [
-        event_from_json(
-            item, f"event [{i}]: ", _raw_data(body, starts[i]) if isinstance(item, dict) else None
-        )
-        for i, item in enumerate(doc)
-    ]
+    raw = _raw_batch_data(body)
+    return [event_from_json(item, f"event [{i}]: ", raw[i]) for i, item in enumerate(doc)]
 
 
 def _percent_decode(raw: str, name: str) -> str:
@@ -370,7 +389,12 @@ def _check_time(time: str, where: str) -> None:
 
 def _check_characters(attrs: dict[str, Any], where: str) -> None:
     """No attribute value may hold a character CloudEvents' String type excludes."""
-    if not _BAD_CHARACTER.search("".join(attrs.values())):
+    joined = "".join(attrs.values())
+    # For ASCII text, "printable" excludes exactly CloudEvents' ASCII control characters.
+    if joined.isascii():
+        if joined.isprintable():
+            return
+    elif not _BAD_CHARACTER.search(joined):
         return
     for name, value in attrs.items():
         if _BAD_CHARACTER.search(value):
