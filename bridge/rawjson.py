@@ -2,10 +2,11 @@
 
 An event's `data` must reach subscribers exactly as it was sent: re-serialising a parsed value
 loses what a parser cannot hold (integers beyond 64 bits, decimals beyond a double's precision)
-and fails on deep nesting. So the ingress parses a structured body once (orjson: it validates the
-whole document and yields the attributes), then takes the raw bytes of `data` from the body with
-this scanner. It only ever runs on documents orjson accepted, so it skips values without checking
-them: strings by one regular expression, arrays and objects by counting brackets outside strings.
+and fails on deep nesting. The ingress locates `data` with msgspec (`msgspec.Raw`, in C); this
+scanner is the fallback for the rare documents msgspec refuses (nesting past its limit, escaped
+lone surrogates). It only runs on documents a parser already accepted, so it skips values without
+checking them: strings by one regular expression, arrays and objects by counting brackets outside
+strings. Pure Python: about 100 us for a 1 KB event, hence only a fallback.
 """
 
 from __future__ import annotations
