@@ -3,8 +3,10 @@ accepted, data reaches subscribers exactly as sent, and subscriber-chosen waits 
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import subprocess
+import sys
 import time
 from urllib.parse import unquote, urlsplit
 
@@ -139,3 +141,31 @@ async def test_retry_after_dates_use_a_bounded_set_of_delay_queues(
     # 1-3 s ahead, less the time it took to answer: levels 1, 2 and 3 s at most.
     assert set(delays) <= {"bridge.delay.1000", "bridge.delay.2000", "bridge.delay.3000"}, delays
     assert delays
+
+
+async def test_bridge_send_data_keeps_every_digit(bridge_factory, subscriber_factory):
+    """`bridge send --data` sends the JSON as written (it used to go through float)."""
+    sub = await subscriber_factory()
+    running = await bridge_factory(triggers=[trigger("t", sub.url)])
+    data = '{"n": 1234567890123456789012345, "d": 0.1000000000000000055511151231257827}'
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bridge",
+        "send",
+        "--url",
+        running.url,
+        "--type",
+        "t",
+        "--source",
+        "s",
+        "--data",
+        data,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.decode().strip() == "202"
+    await eventually(lambda: sub.received, what="the sent event")
+    assert sub.received[0].body == data.encode()
