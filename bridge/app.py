@@ -26,6 +26,7 @@ from bridge.amqp.publisher import Publisher
 from bridge.amqp.topology import Declarer, sync_catalog
 from bridge.config import LoadedConfig
 from bridge.config import load as load_config
+from bridge.descriptors import DescriptorWatch, raise_open_file_limit
 from bridge.dispatch import TriggerConsumer
 from bridge.errors import BridgeError
 from bridge.http.client import SubscriberClient
@@ -41,6 +42,7 @@ log = logging.getLogger("bridge")
 
 Role = Literal["all", "ingress", "dispatcher"]
 QUEUE_DEPTH_INTERVAL = 15.0
+DESCRIPTOR_INTERVAL = 1.0
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
 
@@ -120,6 +122,7 @@ class App:
         self.ingress_server: HTTPServer | None = None
         self.admin_server: HTTPServer | None = None
         self.notifier = Notifier()
+        self.descriptors = DescriptorWatch()
         self._background: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         if role in ("all", "dispatcher"):
@@ -159,6 +162,8 @@ class App:
             return "the RabbitMQ publisher channel is not open."
         if self.link.blocked is not None:
             return f"RabbitMQ blocks publishing ({self.link.blocked})."
+        if self.descriptors.problem is not None:
+            return self.descriptors.problem
         for consumer in self.consumers.values():
             if not consumer.attached:
                 return f"the consumer of {consumer.queue} is not attached."
@@ -187,6 +192,7 @@ class App:
                 ingress.host,
                 ingress.port,
                 idle_timeout=ingress.idle_timeout.total_seconds(),
+                request_timeout=ingress.request_timeout.total_seconds(),
             )
             await self.ingress_server.start()
         proxies = proxy_variables() if self.role in ("all", "dispatcher") else []
@@ -199,6 +205,7 @@ class App:
         loop = asyncio.get_running_loop()
         self._background.append(loop.create_task(self._report_ready()))
         self._background.append(loop.create_task(self._poll_queue_depths()))
+        self._background.append(loop.create_task(self._watch_descriptors()))
         log.info(
             "bridge started (role %s): ingress %s, admin %s:%d, %d trigger(s)",
             self.role,
@@ -220,6 +227,11 @@ class App:
                 self.notifier.ready()
             self.notifier.watchdog()
             await asyncio.sleep(self.notifier.watchdog_interval() or 1.0)
+
+    async def _watch_descriptors(self) -> None:
+        while True:
+            self.descriptors.check()
+            await asyncio.sleep(DESCRIPTOR_INTERVAL)
 
     async def _poll_queue_depths(self) -> None:
         while True:
@@ -379,6 +391,7 @@ async def run_daemon(
     config_path: str | None, role: Role, on_started: Callable[[App], None] | None = None
 ) -> int:
     loaded = load_config(config_path)
+    raise_open_file_limit()
     app = App(loaded, role, config_path)
     if on_started is not None:
         on_started(app)

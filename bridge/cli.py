@@ -89,6 +89,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     loaded = load(args.config)
     routes = build_routes(loaded)
     print(f"configuration: {loaded.source}")
+    subscribers = loaded.settings.subscribers
+    if subscribers.client_cert:
+        key = subscribers.client_key or "in the same file"
+        print(f"client certificate (mutual TLS): {subscribers.client_cert}, key {key}")
     print(describe(routes))
     return EXIT_OK
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
@@ -89,6 +90,8 @@ class IngressSettings(_Strict):
     default_broker: str = "default/eventbridge-default-broker"
     retry_after: int = Field(5, ge=1, description="seconds sent in Retry-After with a 503")
     idle_timeout: Duration = timedelta(seconds=75)
+    # A request whose headers and body have not all arrived by then is cut (slow senders).
+    request_timeout: Duration = timedelta(seconds=60)
 
     @field_validator("default_broker")
     @classmethod
@@ -172,6 +175,23 @@ class BrokerDelivery(DeliverySpec):
     format: Literal["binary", "json"] | None = "binary"
 
 
+class SubscriberSettings(_Strict):
+    """How bridge connects to subscribers and dead-letter sinks: its own TLS identity, one for
+    the whole process (trust, Knative's `CACerts`, is per destination)."""
+
+    client_cert: str = ""  # PEM file: the certificate (chain) offered for mutual TLS
+    client_key: str = ""  # PEM file of its private key; empty: the key is in client_cert
+    client_key_password: SecretStr = SecretStr("")  # when the key is encrypted
+
+    @model_validator(mode="after")
+    def _pair(self) -> SubscriberSettings:
+        if (self.client_key or self.client_key_password.get_secret_value()) and (
+            not self.client_cert
+        ):
+            raise ValueError("client_key and client_key_password need client_cert")
+        return self
+
+
 class TracingSettings(_Strict):
     enabled: bool = False
     endpoint: str = "http://127.0.0.1:4317"
@@ -243,6 +263,7 @@ class Settings(BaseSettings):
     admin: AdminSettings = AdminSettings()
     rabbitmq: RabbitMQSettings = RabbitMQSettings()
     delivery: BrokerDelivery = BrokerDelivery()
+    subscribers: SubscriberSettings = SubscriberSettings()
     tracing: TracingSettings = TracingSettings()
     resolver: ResolverSettings = ResolverSettings()
     logging: LoggingSettings = LoggingSettings()
@@ -434,11 +455,52 @@ def load_trigger_manifests(path: Path, source: str = "") -> list[tuple[TriggerSp
     return found
 
 
+def check_client_certificate(subscribers: SubscriberSettings, source: str) -> None:
+    """ConfigError unless the client certificate and key files load (a wrong path, a key that
+    does not match, an encrypted key without its password)."""
+    if not subscribers.client_cert:
+        return
+    for key in ("client_cert", "client_key"):
+        file = getattr(subscribers, key)
+        if file and not Path(file).is_file():
+            raise ConfigError(f"{source}: subscribers.{key}: {file} is not a file.")
+    password = subscribers.client_key_password.get_secret_value()
+    try:
+        ssl.create_default_context().load_cert_chain(
+            subscribers.client_cert,
+            subscribers.client_key or None,
+            # Never OpenSSL's terminal prompt: a daemon has nobody to answer it.
+            password=password if password else lambda: b"",
+        )
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        raise ConfigError(
+            f"{source}: subscribers.client_cert: the certificate and key cannot be loaded "
+            f"({reason}; an encrypted key needs client_key_password)."
+        ) from None
+
+
+def _relative_to(settings: Settings, folder: Path) -> Settings:
+    """Relative certificate paths are relative to the configuration file, as triggers_path."""
+    subscribers = settings.subscribers
+    update = {}
+    for key in ("client_cert", "client_key"):
+        file = getattr(subscribers, key)
+        if file and not Path(file).is_absolute():
+            update[key] = str(folder / file)
+    if not update:
+        return settings
+    return settings.model_copy(update={"subscribers": subscribers.model_copy(update=update)})
+
+
 def load(cli_path: str | None = None) -> LoadedConfig:
     """Load the file, environment overrides and trigger manifests (ConfigError when invalid)."""
     path = resolve_config_path(cli_path)
     settings = load_settings(path)
     source = str(path) if path is not None else "built-in defaults"
+    if path is not None:
+        settings = _relative_to(settings, path.parent)
+    check_client_certificate(settings.subscribers, f"{source} (or a BRIDGE_ environment variable)")
     triggers: list[tuple[TriggerSpec, str]] = [
         (t, f"{source}: triggers[{i}]") for i, t in enumerate(settings.triggers)
     ]

@@ -155,9 +155,11 @@ class TriggerConsumer:
         if role == "sink":
             assert trigger.delivery.dead_letter_sink is not None
             self.url = trigger.delivery.dead_letter_sink
+            self._ca_certs = trigger.sink_ca_certs
             self.queue = trigger.sink_queue
         else:
             self.url = trigger.subscriber
+            self._ca_certs = trigger.subscriber_ca_certs
             self.queue = trigger.queue
         self._parallelism = trigger.parallelism
         self._prefetch = 1 if trigger.ordered else max(prefetch, trigger.parallelism)
@@ -298,23 +300,33 @@ class TriggerConsumer:
                 tracestate = attrs.get(TRACESTATE)
                 if tracestate is not None:
                     headers["tracestate"] = tracestate
-            answer = await self._client.post(self.url, headers, body, self.trigger.delivery.timeout)
+            answer = await self._client.post(
+                self.url, headers, body, self.trigger.delivery.timeout, self._ca_certs
+            )
             self._m_latency.observe(answer.seconds)
         else:
             tracing = self._tracing
             client = tracing.client_span(span, self.url)
             tracing.inject(client, headers)  # the subscriber's parent is this attempt
-            answer = await self._client.post(self.url, headers, body, self.trigger.delivery.timeout)
+            answer = await self._client.post(
+                self.url, headers, body, self.trigger.delivery.timeout, self._ca_certs
+            )
             tracing.end_client(client, answer.status, answer.error)
             self._m_latency.observe(answer.seconds, exemplar(client))
         self._metrics.delivered(self._label, answer.status).inc()
         return answer
 
     def _decide(self, answer: Answer, attempts: int) -> Disposition:
+        if answer.permanent:
+            return DeadLetter(attempts, answer)  # the request cannot be sent: a retry cannot help
         outcome = classify(answer.status)
         if outcome is Outcome.SUCCESS:
             reply = None
-            if self.role == "subscriber" and (answer.body or "ce-specversion" in answer.headers):
+            if (
+                self.role == "subscriber"
+                and not answer.oversized  # a body too large to read is never a reply
+                and (answer.body or "ce-specversion" in answer.headers)
+            ):
                 reply = event_from_reply(answer.headers, answer.body)
             return Ack(reply)
         delivery = self.trigger.delivery

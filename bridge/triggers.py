@@ -6,6 +6,7 @@ and the dispatchers share; a reload builds a new snapshot and swaps it whole.
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
@@ -27,6 +28,10 @@ class Trigger:
     ordered: bool
     parallelism: int
     source: str
+    # Knative `CACerts` (PEM) of the subscriber and of the dead-letter sink: trusted for https,
+    # in addition to the system trust store.
+    subscriber_ca_certs: str | None = None
+    sink_ca_certs: str | None = None
 
     @property
     def namespace(self) -> str:
@@ -88,6 +93,19 @@ def _check_url(url: str, where: str) -> str:
     return url
 
 
+def ca_certs(dest: Destination, where: str) -> str | None:
+    """A Destination's `CACerts`, checked to be PEM certificates (None when unset or blank)."""
+    pem = dest.CACerts
+    if pem is None or not pem.strip():
+        return None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem)
+    except (ssl.SSLError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        raise ConfigError(f"{where}: CACerts: not PEM certificates ({reason}).") from None
+    return pem
+
+
 def resolve_destination(
     dest: Destination, namespace: str, resolver: ResolverSettings, where: str
 ) -> str:
@@ -126,6 +144,9 @@ def build_routes(loaded: LoadedConfig) -> Routes:
             else None
         )
         delivery = effective_delivery(spec.delivery, settings.delivery, sink)
+        sink_ca_certs = (
+            ca_certs(sink_dest, f"{where}: delivery.deadLetterSink") if sink_dest else None
+        )
         compiled = compile_trigger_filter(
             spec.filter.attributes if spec.filter else None, spec.filters, where
         )
@@ -139,6 +160,8 @@ def build_routes(loaded: LoadedConfig) -> Routes:
                 ordered=spec.ordered,
                 parallelism=1 if spec.ordered else spec.parallelism,
                 source=where,
+                subscriber_ca_certs=ca_certs(spec.subscriber, f"{where}: subscriber"),
+                sink_ca_certs=sink_ca_certs,
             )
         )
     by_broker: dict[str, list[Trigger]] = {default_broker: []}
@@ -162,6 +185,13 @@ def _duration(seconds: float) -> str:
     return f"PT{text}S"
 
 
+def _trust(pem: str | None) -> str:
+    if pem is None:
+        return ""
+    count = pem.count("-----BEGIN CERTIFICATE-----")
+    return f" (CACerts: {count} certificate{'s' if count != 1 else ''} + system trust store)"
+
+
 def describe(routes: Routes) -> str:
     """The resolved triggers, as `bridge check-config` prints them."""
     lines = [f"brokers: {', '.join(routes.brokers)} (default: {routes.default_broker})"]
@@ -179,13 +209,15 @@ def describe(routes: Routes) -> str:
         if d.retry_after_max is not None:
             parts.append(f"retryAfterMax={_duration(d.retry_after_max)}")
         if d.dead_letter_sink:
-            parts.append(f"deadLetterSink={redact_url(d.dead_letter_sink)}")
+            parts.append(
+                f"deadLetterSink={redact_url(d.dead_letter_sink)}{_trust(t.sink_ca_certs)}"
+            )
         mode = "ordered" if t.ordered else f"parallelism={t.parallelism}"
         lines += [
             f"trigger {t.key}",
             f"  broker:     {t.broker_key}",
             f"  filter:     {t.filter.description}",
-            f"  subscriber: {redact_url(t.subscriber)}",
+            f"  subscriber: {redact_url(t.subscriber)}{_trust(t.subscriber_ca_certs)}",
             f"  delivery:   {' '.join(parts)}",
             f"  dispatch:   {mode}",
             f"  defined in: {t.source}",

@@ -16,6 +16,7 @@ import time
 from email.utils import formatdate
 from typing import Any
 
+import aiormq
 import orjson
 import pytest
 
@@ -307,7 +308,7 @@ async def test_a_2xx_body_that_is_not_a_cloudevent_is_ignored(
 @pytest.mark.parametrize(
     ("policy", "delay", "expected"),
     [
-        ("exponential", 0.05, [0.05, 0.1, 0.2, 0.4]),
+        ("exponential", 0.05, [0.1, 0.2, 0.4, 0.8]),
         ("linear", 0.1, [0.1, 0.2, 0.3, 0.4]),
     ],
 )
@@ -675,3 +676,70 @@ async def test_dead_letter_sink_up_receives_the_event_with_error_extensions(
     assert got.headers["ce-knativeerrorcode"] == "503"
     assert base64.b64decode(got.headers["ce-knativeerrordata"]) == b"busy"
     assert len(sub.received) == 2
+
+
+# --- requests that cannot be sent --------------------------------------------------------------
+
+UNSENDABLE = {
+    # The datacontenttype travels as the AMQP content type and goes out as Content-Type as is.
+    "content-type": (
+        {},
+        "text/plain\r\nx-injected: yes",
+        "the value of header 'content-type' contains a carriage return (CR)",
+    ),
+    "traceparent": (
+        {"traceparent": TRACEPARENT + "\nx-injected: yes"},
+        "text/plain",
+        "the value of header 'traceparent' contains a line feed (LF)",
+    ),
+    "attribute-name": (
+        {"ce-bad name": "x"},
+        "text/plain",
+        "the header name 'ce-bad name' is not an RFC 9110 token",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(UNSENDABLE))
+async def test_an_event_with_an_unsendable_header_is_dead_lettered_after_one_attempt(
+    amqp, bridge_factory, subscriber_factory, case
+):
+    """Published straight to the trigger's queue (the ingress refuses such values): the request
+    is never written, and retrying cannot help, so the event is dead-lettered at once."""
+    extra, content_type, reason = UNSENDABLE[case]
+    sub = await subscriber_factory()
+    running = await bridge_factory(
+        triggers=[trigger("t", sub.url, delivery={"retry": 3, "backoffDelay": "PT0.05S"})]
+    )
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": f"unsendable-{case}",
+        "ce-source": "test",
+        "ce-type": "test.event",
+        **extra,
+    }
+    channel = await amqp.channel(publisher_confirms=True)
+    await channel.basic_publish(
+        b"data",
+        routing_key="bridge.trigger.default.t",
+        properties=aiormq.spec.Basic.Properties(
+            headers=headers, content_type=content_type, delivery_mode=2
+        ),
+    )
+    dlq = "bridge.dlq.default.t"
+    await eventually(lambda: _depth_is(amqp, dlq, 1), what="the dead letter")
+    await asyncio.sleep(0.3)  # a retry would reach the subscriber within this
+    assert sub.received == []
+    [letter] = await get_all(amqp, dlq)
+    h = headers_of(letter)
+    assert text(h["ce-id"]) == f"unsendable-{case}"
+    assert letter.body == b"data"
+    assert text(h["ce-knativeerrorcode"]) == "-1"
+    assert int(text(h["bridge-attempts"])) == 1
+    error = text(h["bridge-last-error"])
+    assert error.startswith("no response: request not sent: "), error
+    assert reason in error, error
+    assert running.app.metrics.registry.get_sample_value(
+        "bridge_retries_total", {"trigger": "default/t"}
+    ) in (None, 0.0)
+    assert await queue_depth(amqp, "bridge.trigger.default.t") == 0
