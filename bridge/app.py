@@ -164,6 +164,9 @@ class App:
             return f"RabbitMQ blocks publishing ({self.link.blocked})."
         if self.descriptors.problem is not None:
             return self.descriptors.problem
+        server = self.ingress_server
+        if server is not None and server.saturated:
+            return f"the ingress serves its maximum of {server.max_connections} connections."
         for consumer in self.consumers.values():
             if not consumer.attached:
                 return f"the consumer of {consumer.queue} is not attached."
@@ -193,6 +196,7 @@ class App:
                 ingress.port,
                 idle_timeout=ingress.idle_timeout.total_seconds(),
                 request_timeout=ingress.request_timeout.total_seconds(),
+                max_connections=ingress.max_connections or None,
             )
             await self.ingress_server.start()
         proxies = proxy_variables() if self.role in ("all", "dispatcher") else []

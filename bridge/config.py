@@ -92,6 +92,8 @@ class IngressSettings(_Strict):
     idle_timeout: Duration = timedelta(seconds=75)
     # A request whose headers and body have not all arrived by then is cut (slow senders).
     request_timeout: Duration = timedelta(seconds=60)
+    # Connections served at once; one more is answered 503. 0: derived from the open-file limit.
+    max_connections: int = Field(0, ge=0)
 
     @field_validator("default_broker")
     @classmethod

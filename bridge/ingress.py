@@ -42,6 +42,15 @@ _TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z"
 _TRACESTATE = re.compile(r"[\x20-\x7e]{0,512}\Z")
 
 
+def _singleton_repeated(repeated: frozenset[str]) -> str | None:
+    """A repeated header that must appear once: a CloudEvents attribute, or the content type
+    (RFC 9110: a singleton field). Other fields may repeat, as HTTP allows."""
+    for name in sorted(repeated):
+        if name.startswith("ce-") or name == "content-type":
+            return name
+    return None
+
+
 class Ingress(Handler):
     def __init__(
         self,
@@ -116,6 +125,13 @@ class Ingress(Handler):
         if broker is None:  # the routes were swapped by a reload since the headers arrived
             self._reject("", "unknown_broker")
             return json_error(404, f"no broker is served at {request.path[:200]!r}.")
+        if request.repeated:
+            duplicate = _singleton_repeated(request.repeated)
+            if duplicate is not None:
+                self._reject(broker, "invalid")
+                return json_error(
+                    400, f"the header {duplicate[:60]} appears more than once; send it once."
+                )
         try:
             events = decode_http(request.headers, request.body)
         except EventError as exc:
