@@ -531,12 +531,3 @@ def event_from_reply(headers: Mapping[str, str], body: bytes) -> Event | None:
     except EventError:
         return None
     return events[0] if len(events) == 1 else None
-
-
-# --- AMQP ------------------------------------------------------------------------------------
-
-
-def from_amqp(headers: Mapping[str, Any] | None, content_type: str | None, body: bytes) -> Event:
-    """An event stored by bridge: the AMQP headers are its attributes (plus bridge's own)."""
-    attrs = dict(headers) if headers else {}
-    return Event(attrs, content_type, body)

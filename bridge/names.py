@@ -60,12 +60,3 @@ def sink_queue(trigger_key: str) -> str:
 
 def delay_queue(milliseconds: int) -> str:
     return f"{DELAY_PREFIX}{milliseconds}"
-
-
-def trigger_of_queue(queue: str) -> str | None:
-    """The trigger key (namespace/name) a trigger, dead-letter or sink queue belongs to."""
-    for prefix in (TRIGGER_PREFIX, DLQ_PREFIX, SINK_PREFIX):
-        if queue.startswith(prefix):
-            ns, _, name = queue[len(prefix) :].partition(".")
-            return f"{ns}/{name}" if name else None
-    return None

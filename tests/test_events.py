@@ -22,7 +22,6 @@ from bridge.events import (
     decode_http,
     event_from_json,
     event_from_reply,
-    from_amqp,
     is_json_media,
     media_type,
     percent_encode,
@@ -569,7 +568,7 @@ def test_binary_headers_without_content_type() -> None:
 
 
 def test_binary_headers_stringify_non_string_amqp_values() -> None:
-    event = from_amqp({**BINARY, "ce-count": 5}, None, b"")
+    event = Event({**BINARY, "ce-count": 5}, None, b"")
     assert binary_headers(event)["ce-count"] == "5"
 
 
@@ -613,7 +612,7 @@ def test_structured_json_round_trips_the_sample() -> None:
 
 
 def test_structured_json_skips_bridge_headers() -> None:
-    event = from_amqp({**BINARY, "traceparent": "00-x-y-01", "bridge-attempts": 2}, None, b"")
+    event = Event({**BINARY, "traceparent": "00-x-y-01", "bridge-attempts": 2}, None, b"")
     doc = json.loads(structured_json(event))
     assert set(doc) == {"specversion", "id", "source", "type"}
 
@@ -662,18 +661,6 @@ def test_reply_that_is_not_a_valid_cloudevent_is_ignored(
     headers: dict[str, str], body: bytes
 ) -> None:
     assert event_from_reply(headers, body) is None
-
-
-def test_from_amqp() -> None:
-    headers = {**BINARY, "bridge-attempts": 1}
-    event = from_amqp(headers, "text/plain", b"x")
-    assert event.attrs == headers
-    assert event.attrs is not headers  # a copy: the stored message is not mutated
-    assert event.content_type == "text/plain"
-    assert event.data == b"x"
-    empty = from_amqp(None, None, b"")
-    assert empty.attrs == {}
-    assert (empty.id, empty.type, empty.source) == ("", "", "")
 
 
 def test_event_from_json_prefixes_errors() -> None:

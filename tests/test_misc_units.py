@@ -86,27 +86,6 @@ def test_names_are_derived_from_keys() -> None:
     assert names.CATALOG == "bridge.catalog"
 
 
-@pytest.mark.parametrize("key", ["default/my-service-trigger", "team-a/t1", "a/b"])
-def test_trigger_of_queue_inverts_every_per_trigger_queue(key: str) -> None:
-    for queue in (names.trigger_queue(key), names.dead_letter_queue(key), names.sink_queue(key)):
-        assert names.trigger_of_queue(queue) == key
-
-
-@pytest.mark.parametrize(
-    "queue",
-    [
-        "bridge.unmatched.default.b",
-        "bridge.delay.200",
-        "bridge.catalog",
-        "bridge.trigger.onlynamespace",
-        "other.trigger.default.t",
-        "",
-    ],
-)
-def test_trigger_of_queue_of_other_queues_is_none(queue: str) -> None:
-    assert names.trigger_of_queue(queue) is None
-
-
 def test_names_of_different_triggers_never_collide() -> None:
     keys = ["a/b", "b/a", "a/a", "default/x", "x/default"]
     queues = [

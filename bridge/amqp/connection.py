@@ -135,11 +135,6 @@ class AMQPLink:
             self.fatal = task.exception()
             log.error("the RabbitMQ link stopped: %r", self.fatal, exc_info=self.fatal)
 
-    async def wait_ready(self, timeout: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.ready.wait(), timeout)
-        return self.ready.is_set()
-
     def fail(self, reason: str) -> None:
         """A user saw its channel die: start over with a fresh connection."""
         if self._stopping or not self.ready.is_set():
