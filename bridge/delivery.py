@@ -1,5 +1,8 @@
 """Delivery policy, pure: the effective delivery spec, outcome rules, backoff and Retry-After.
 
+Configuration turns into an `EffectiveDelivery` in `bridge.triggers`; this module knows no
+configuration models.
+
 Knative's rules: 2xx is success; connection errors, timeouts, 404, 408, 409, 429 and 5xx are
 retried; any other status is final and goes to the dead letters at once. Backoff before retry n
 (n = 1..retry): exponential `delay * 2^n`, linear `delay * n` (the Knative API's documented
@@ -19,9 +22,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from bridge.config import BrokerDelivery, DeliverySpec
+from bridge.status import NO_RESPONSE
 
-NO_RESPONSE = -1
 # Without retryAfterMax a Retry-After is still capped: one subscriber cannot park events for days.
 DEFAULT_RETRY_AFTER_CAP = 3600.0
 RETRYABLE_STATUSES = frozenset((404, 408, 409, 429))
@@ -72,27 +74,6 @@ class EffectiveDelivery:
 
     def retry_after_cap(self) -> float:
         return self.retry_after_max if self.retry_after_max is not None else DEFAULT_RETRY_AFTER_CAP
-
-
-def effective_delivery(
-    spec: DeliverySpec | None, default: BrokerDelivery, sink_url: str | None
-) -> EffectiveDelivery:
-    def pick(name: str) -> object:
-        value = getattr(spec, name, None) if spec is not None else None
-        return value if value is not None else getattr(default, name)
-
-    retry_after_max = pick("retryAfterMax")
-    return EffectiveDelivery(
-        retry=int(pick("retry")),  # type: ignore[call-overload]
-        backoff_policy=pick("backoffPolicy"),  # type: ignore[arg-type]
-        backoff_delay=pick("backoffDelay").total_seconds(),  # type: ignore[attr-defined]
-        timeout=pick("timeout").total_seconds(),  # type: ignore[attr-defined]
-        retry_after_max=(
-            retry_after_max.total_seconds() if retry_after_max is not None else None  # type: ignore[attr-defined]
-        ),
-        dead_letter_sink=sink_url,
-        format=pick("format"),  # type: ignore[arg-type]
-    )
 
 
 class Outcome(enum.Enum):

@@ -35,7 +35,7 @@ from bridge import names
 from bridge.amqp.acker import Acker
 from bridge.amqp.connection import AMQP_ERRORS, AMQPLink, delivery_tag
 from bridge.amqp.publisher import Publisher
-from bridge.delivery import NO_RESPONSE, Outcome, classify, retry_delay
+from bridge.delivery import Outcome, classify, retry_delay
 from bridge.errors import BrokerUnavailable
 from bridge.events import (
     CONTENT_TYPE_ATTRIBUTE,
@@ -48,6 +48,7 @@ from bridge.events import (
     structured_json,
 )
 from bridge.http.client import Answer, SubscriberClient
+from bridge.status import NO_RESPONSE
 from bridge.telemetry.metrics import Metrics, exemplar
 from bridge.telemetry.tracing import Span, Tracing
 from bridge.triggers import Routes, Trigger

@@ -11,8 +11,14 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 from bridge import names
-from bridge.config import Destination, LoadedConfig, ResolverSettings
-from bridge.delivery import EffectiveDelivery, effective_delivery
+from bridge.config import (
+    BrokerDelivery,
+    DeliverySpec,
+    Destination,
+    LoadedConfig,
+    ResolverSettings,
+)
+from bridge.delivery import EffectiveDelivery
 from bridge.errors import ConfigError
 from bridge.filters import Attributes, CompiledFilter, compile_trigger_filter
 from bridge.redact import redact_url
@@ -123,6 +129,29 @@ def resolve_destination(
     if dest.uri:
         return _check_url(urljoin(base.rstrip("/") + "/", dest.uri), f"{where}.uri")
     return base
+
+
+def effective_delivery(
+    spec: DeliverySpec | None, default: BrokerDelivery, sink_url: str | None
+) -> EffectiveDelivery:
+    """A trigger's delivery spec resolved field by field: the trigger's, else `[delivery]`'s."""
+
+    def pick(name: str) -> object:
+        value = getattr(spec, name, None) if spec is not None else None
+        return value if value is not None else getattr(default, name)
+
+    retry_after_max = pick("retryAfterMax")
+    return EffectiveDelivery(
+        retry=int(pick("retry")),  # type: ignore[call-overload]
+        backoff_policy=pick("backoffPolicy"),  # type: ignore[arg-type]
+        backoff_delay=pick("backoffDelay").total_seconds(),  # type: ignore[attr-defined]
+        timeout=pick("timeout").total_seconds(),  # type: ignore[attr-defined]
+        retry_after_max=(
+            retry_after_max.total_seconds() if retry_after_max is not None else None  # type: ignore[attr-defined]
+        ),
+        dead_letter_sink=sink_url,
+        format=pick("format"),  # type: ignore[arg-type]
+    )
 
 
 def build_routes(loaded: LoadedConfig) -> Routes:

@@ -1,4 +1,5 @@
-"""Unit tests for bridge.delivery: backoff, outcome classification, Retry-After, effective spec."""
+"""Unit tests for bridge.delivery (backoff, outcome classification, Retry-After) and for the
+effective spec bridge.triggers resolves from the configuration."""
 
 from __future__ import annotations
 
@@ -11,16 +12,16 @@ import pytest
 from bridge.config import BrokerDelivery, DeliverySpec
 from bridge.delivery import (
     DEFAULT_RETRY_AFTER_CAP,
-    NO_RESPONSE,
     RETRY_AFTER_LEVELS,
     EffectiveDelivery,
     Outcome,
     classify,
-    effective_delivery,
     parse_retry_after,
     retry_after_level,
     retry_delay,
 )
+from bridge.status import NO_RESPONSE
+from bridge.triggers import effective_delivery
 
 NOW = 1_700_000_000.0
 

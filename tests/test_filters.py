@@ -6,17 +6,27 @@ Events are matched on their header form: the attribute `type` is the key `ce-typ
 from __future__ import annotations
 
 import itertools
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from bridge.config import LoadedConfig, Settings
 from bridge.errors import ConfigError
 from bridge.filters import (
     MAX_BINDINGS,
+    Attributes,
+    Expression,
     compile_attributes,
     compile_filters,
     compile_trigger_filter,
+    describe_pairs,
+    register,
+    string_pairs,
+    unregister,
 )
+from bridge.triggers import build_routes
 
 OSS_PUT = {
     "ce-specversion": "1.0",
@@ -421,3 +431,88 @@ def test_invalid_attribute_filters_are_config_errors(
         compile_attributes(attributes, "t")
     assert str(info.value).startswith(f"{where}: ")
     assert problem in str(info.value)
+
+
+# --- a new dialect is one function plus one registration ------------------------------------
+
+
+def compile_contains(arg: Any, where: str) -> Expression:
+    """`contains: {attr: text}`: every attribute a string containing its text."""
+    pairs = string_pairs(arg, where, allow_empty=False)
+    frozen = tuple(pairs)
+
+    def predicate(attrs: Attributes) -> bool:
+        for key, text in frozen:
+            got = attrs.get(key)
+            if not isinstance(got, str) or text not in got:
+                return False
+        return True
+
+    # No exact values implied ({}), so not pure: bound on a superset, re-checked by the consumer.
+    return Expression(
+        predicate, {}, False, describe_pairs(pairs, " contains "), frozenset(k for k, _ in pairs)
+    )
+
+
+@pytest.fixture
+def contains_dialect() -> Iterator[None]:
+    register("contains", compile_contains)
+    yield
+    unregister("contains")
+
+
+@pytest.mark.usefixtures("contains_dialect")
+def test_a_registered_dialect_compiles_matches_and_binds_a_superset() -> None:
+    filters = [{"exact": {"source": "acs.oss"}}, {"contains": {"subject": "knative/"}}]
+    compiled = compile_trigger_filter({"source": "acs.ecs"}, filters, "t")
+    assert compiled(OSS_PUT)
+    assert not compiled(ECS)
+    assert not compiled(NO_SUBJECT)
+    assert not compiled({**OSS_PUT, "ce-subject": "acs:oss:cn-hangzhou:other/demo.data"})
+    # RabbitMQ binds on the exact part only; the consumer re-checks the rest
+    assert compiled.bindings == ({"ce-source": "acs.oss"},)
+    assert compiled.exact is False
+    assert compiled.keys == {"ce-source", "ce-subject"}
+    assert compiled.description == "source=acs.oss and subject contains knative/"
+    # it nests like any other dialect, and its errors carry the expression's path
+    nested = compile_filters([{"not": {"any": [{"contains": {"type": "Console"}}]}}], "t")
+    assert nested(OSS_PUT)
+    assert not nested(CONSOLE)
+    with pytest.raises(ConfigError, match=r"^t\.filters\[0\]\.contains\.type: .*must not be empty"):
+        compile_filters([{"contains": {"type": ""}}], "t")
+
+
+@pytest.mark.usefixtures("contains_dialect")
+def test_a_registered_dialect_reaches_the_triggers(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("BRIDGE_"):
+            monkeypatch.delenv(name)  # Settings() reads BRIDGE_ variables
+    settings = Settings(
+        triggers=[
+            {
+                "name": "t",
+                "subscriber": {"uri": "http://127.0.0.1:8081/"},
+                "filters": [{"contains": {"type": "ObjectCreated"}}],
+            }
+        ]
+    )
+    routes = build_routes(
+        LoadedConfig(settings=settings, source="x.toml", triggers=[(settings.triggers[0], "x")])
+    )
+    (trigger,) = routes.triggers
+    assert routes.matches_any(trigger.broker_key, OSS_PUT)
+    assert not routes.matches_any(trigger.broker_key, CONSOLE)
+    assert trigger.filter.bindings == ({},)
+    assert trigger.filter.exact is False
+
+
+def test_an_unregistered_dialect_is_unknown_again() -> None:
+    register("contains", compile_contains)
+    unregister("contains")
+    with pytest.raises(ConfigError, match="unknown filter dialect 'contains'"):
+        compile_filters([{"contains": {"type": "a"}}], "t")
+
+
+def test_a_dialect_is_registered_once() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        register("exact", compile_contains)

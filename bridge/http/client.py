@@ -65,9 +65,9 @@ from urllib.parse import quote, urlsplit
 
 import httptools
 
-from bridge.delivery import NO_RESPONSE
 from bridge.errors import ConfigError
 from bridge.redact import redact_text
+from bridge.status import NO_RESPONSE
 
 MAX_BODY = 4 * 1024 * 1024
 IDLE_PER_ORIGIN = 256
