@@ -274,12 +274,12 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_dlq_purge_without_yes_refuses_before_connecting(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import bridge.deadletters
+    import bridge.cli.dlq
 
     def no_connection(*args: object, **kwargs: object) -> None:
         raise AssertionError("dlq purge connected to RabbitMQ without --yes")
 
-    monkeypatch.setattr(bridge.deadletters, "_with_connection", no_connection)
+    monkeypatch.setattr(bridge.cli.dlq, "on_broker", no_connection)
     assert main(["dlq", "purge"]) == 2
     assert main(["dlq", "purge", "--trigger", "default/t", "--id", "a", "--id", "b"]) == 2
     out, err = capsys.readouterr()

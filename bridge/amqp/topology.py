@@ -1,4 +1,4 @@
-"""RabbitMQ topology, declared in one place (handlers never declare).
+"""RabbitMQ topology, declared in one place (handlers never declare), and its upkeep.
 
 Per broker: a durable headers exchange whose alternate exchange (fanout) feeds a bounded
 `unmatched` queue. Per trigger: a durable queue (quorum unless configured classic; single active
@@ -6,6 +6,10 @@ consumer when ordered) bound to its broker's exchange with one x-match=all bindi
 combination of exact attribute values, bound to `bridge.retry` on its own name, and its dead-letter
 queue. Waiting retries sit in `bridge.delay.<ms>` queues whose expired messages dead-letter into
 `bridge.retry`. Queue arguments are built by `queue_arguments` so every declarer agrees.
+
+The catalog (`bridge.catalog`) remembers every trigger declared here; `prune_topology` (what
+`bridge topology prune` does) deletes the queues of triggers no longer configured, and their
+catalog records.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any, Literal
+from collections.abc import Iterable
+from typing import Any, Literal, NamedTuple
 
 import aiormq
 import orjson
@@ -101,6 +106,15 @@ def catalog_record(trigger: Trigger) -> dict[str, Any]:
     }
 
 
+def trigger_queues(trigger_key: str) -> tuple[str, str, str]:
+    """Every queue a trigger can have: its queue, its dead letters, its dead-letter sink's."""
+    return (
+        names.trigger_queue(trigger_key),
+        names.dead_letter_queue(trigger_key),
+        names.sink_queue(trigger_key),
+    )
+
+
 async def read_catalog(connection: AbstractConnection) -> dict[str, dict[str, Any]]:
     """Trigger records bridge has declared here, by key (what `topology prune` compares with)."""
     from bridge.amqp.browse import browse
@@ -179,6 +193,47 @@ async def _unbind(
         finally:
             if not channel.is_closed:
                 await channel.close()
+
+
+class StaleQueue(NamedTuple):
+    """A queue of a trigger that is no longer configured."""
+
+    trigger: str
+    queue: str
+    messages: int
+
+
+async def prune_topology(
+    connection: AbstractConnection, configured: Iterable[str], delete: bool
+) -> list[StaleQueue]:
+    """Queues of catalogued triggers that are not in `configured` (`namespace/name` keys).
+
+    With `delete`, the queues are deleted (their messages with them) and the triggers' catalog
+    records removed. Raises `QueueMissing` when there is no catalog.
+    """
+    from bridge.amqp.browse import browse, queue_depth
+
+    keys = await catalog_keys(connection)
+    stale = sorted(keys - set(configured))
+    found: list[StaleQueue] = []
+    for key in stale:
+        for queue in trigger_queues(key):
+            depth = await queue_depth(connection, queue)
+            if depth is not None:
+                found.append(StaleQueue(key, queue, depth))
+    if delete:
+        channel = await connection.channel()
+        try:
+            for item in found:
+                await channel.queue_delete(item.queue)
+        finally:
+            await channel.close()
+        async with browse(connection, names.CATALOG) as (catalog, messages):
+            async for message in messages:
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    if str(orjson.loads(message.body)["key"]) in stale:
+                        await catalog.basic_ack(delivery_tag(message))
+    return found
 
 
 class Declarer:

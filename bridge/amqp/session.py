@@ -1,0 +1,50 @@
+"""One short-lived RabbitMQ connection for an operator command (`dlq`, `topology prune`).
+
+`open_session` loads the configuration, connects to its RabbitMQ and yields the connection with
+the configured trigger keys. RabbitMQ errors inside the block become `BridgeError`s that say what
+went wrong in one sentence; the connection is closed on the way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiormq
+from aiormq.abc import AbstractConnection
+
+from bridge.amqp.browse import QueueMissing
+from bridge.amqp.connection import AMQP_ERRORS, SETUP_ERRORS, broker_error, with_defaults
+from bridge.config import load
+from bridge.errors import BridgeError
+
+CONNECT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    connection: AbstractConnection
+    trigger_keys: list[str]  # the configured triggers, `namespace/name`
+
+
+@contextlib.asynccontextmanager
+async def open_session(config_path: str | None) -> AsyncIterator[Session]:
+    """Connect to the RabbitMQ of the configuration at `config_path` (see `bridge.config.load`)."""
+    loaded = load(config_path)
+    url = with_defaults(loaded.settings.rabbitmq.url.get_secret_value())
+    try:
+        connection = await asyncio.wait_for(aiormq.connect(url), CONNECT_TIMEOUT)
+    except SETUP_ERRORS as exc:
+        raise broker_error(exc) from None
+    keys = [f"{t.namespace}/{t.name}" for t, _ in loaded.triggers]
+    try:
+        yield Session(connection, keys)
+    except QueueMissing as exc:
+        raise BridgeError(f"the queue {exc} does not exist in RabbitMQ.") from None
+    except AMQP_ERRORS as exc:
+        raise broker_error(exc) from None
+    finally:
+        with contextlib.suppress(Exception):
+            await connection.close()
