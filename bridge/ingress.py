@@ -28,7 +28,7 @@ from bridge.events import (
 )
 from bridge.http.server import Handler, Request, Response, json_error
 from bridge.telemetry.metrics import Metrics
-from bridge.telemetry.tracing import Span, Tracing
+from bridge.telemetry.tracing import TRACEPARENT_FORMAT, Span, Tracing
 from bridge.triggers import Routes
 
 log = logging.getLogger("bridge.ingress")
@@ -38,7 +38,6 @@ ALLOW = [("allow", "POST, OPTIONS")]
 # W3C trace context, carried to subscribers as received: a traceparent of the 55-character form
 # and a tracestate of at most 512 printable ASCII characters. Anything else is not trace context
 # and is not carried (stored headers stay small, outgoing headers stay clean).
-_TRACEPARENT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
 _TRACESTATE = re.compile(r"[\x20-\x7e]{0,512}\Z")
 
 
@@ -150,7 +149,7 @@ class Ingress(Handler):
         headers = request.headers
         traceparent = headers.get("traceparent")
         tracestate = headers.get("tracestate")
-        if traceparent is not None and not _TRACEPARENT.match(traceparent):
+        if traceparent is not None and not TRACEPARENT_FORMAT.match(traceparent):
             traceparent = tracestate = None  # not W3C trace context: neither is carried
         if tracestate is not None and not _TRACESTATE.match(tracestate):
             tracestate = None

@@ -44,7 +44,8 @@ log = logging.getLogger("bridge.tracing")
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _LOW64 = (1 << 64) - 1
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+# W3C traceparent, the 55-character form (`\Z`: `$` would also let a trailing newline through).
+TRACEPARENT_FORMAT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
 # The last hex digit of the flags: odd means the sampled bit (0x01) is set.
 _SAMPLED_LAST_HEX = frozenset("13579bdf")
 
@@ -145,7 +146,7 @@ class Tracing:
         carries the incoming context, or a new one with the sampled flag off, so subscribers
         can join the decision.
         """
-        if traceparent is not None and _TRACEPARENT.match(traceparent):
+        if traceparent is not None and TRACEPARENT_FORMAT.match(traceparent):
             return traceparent[-1] in _SAMPLED_LAST_HEX, traceparent
         trace_id = random.getrandbits(128) or 1
         if (trace_id & _LOW64) < self._bound:
