@@ -207,9 +207,9 @@ def _load_json_wide(body: bytes) -> Any:
 def is_json(data: bytes) -> bool:
     """Whether `data` is one JSON document (by the same rules as the ingress)."""
     try:
-        orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return _load_json_wide(data) is not _INVALID
+        _load_json(data)
+    except EventError:
+        return False
     return True
 
 
