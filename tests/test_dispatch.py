@@ -451,7 +451,8 @@ async def test_retry_after_is_honoured_on_429_and_503_and_capped_by_retry_after_
     assert 1.0 - EARLY <= waited["r503"] <= 1.0 + LATE + 0.2, waited
     assert 0.4 - EARLY <= waited["cap429"] <= 0.4 + LATE, waited
     assert 0.4 - EARLY <= waited["cap503"] <= 0.4 + LATE, waited
-    assert 1.0 <= waited["date503"] <= 2.5 + LATE, waited
+    # 1.5-2.5 s asked, rounded up to the next Retry-After level: 2 or 3 s.
+    assert 2.0 - EARLY <= waited["date503"] <= 3.0 + LATE, waited
     assert waited["r500"] <= 0.05 + LATE, waited
 
 
