@@ -22,12 +22,14 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 from bridge import names
 from bridge.amqp.connection import SETUP_ERRORS, AMQPLink
+from bridge.amqp.consumer import QueueConsumer
 from bridge.amqp.publisher import Publisher
 from bridge.amqp.topology import Declarer, sync_catalog
 from bridge.config import LoadedConfig
 from bridge.config import load as load_config
 from bridge.descriptors import DescriptorWatch, raise_open_file_limit
-from bridge.dispatch import TriggerConsumer
+from bridge.dispatch import Dispatcher, consumer_prefetch
+from bridge.dispatch import Role as DispatchRole
 from bridge.errors import BridgeError
 from bridge.http.client import SubscriberClient
 from bridge.http.server import Handler, HTTPServer, Request, Response, json_error
@@ -41,6 +43,7 @@ from bridge.triggers import Routes, Trigger, build_routes
 log = logging.getLogger("bridge")
 
 Role = Literal["all", "ingress", "dispatcher"]
+Consumer = QueueConsumer[Dispatcher]
 QUEUE_DEPTH_INTERVAL = 15.0
 DESCRIPTOR_INTERVAL = 1.0
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
@@ -117,7 +120,7 @@ class App:
             subscribers.client_key,
             subscribers.client_key_password.get_secret_value(),
         )
-        self.consumers: dict[tuple[str, str], TriggerConsumer] = {}
+        self.consumers: dict[tuple[str, str], Consumer] = {}
         self.ingress: Ingress | None = None
         self.ingress_server: HTTPServer | None = None
         self.admin_server: HTTPServer | None = None
@@ -130,25 +133,31 @@ class App:
                 self._add_consumers(trigger)
 
     # -- consumers --
-    def _new_consumers(self, trigger: Trigger) -> list[TriggerConsumer]:
-        common = {
-            "link": self.link,
-            "publisher": self.publisher,
-            "client": self.client,
-            "metrics": self.metrics,
-            "routes": self.routes,
-            "prefetch": self.settings.rabbitmq.prefetch,
-            "tracing": self.tracing,
-        }
-        made = [TriggerConsumer(trigger, role="subscriber", **common)]  # type: ignore[arg-type]
+    def _new_consumers(self, trigger: Trigger) -> list[Consumer]:
+        """A dispatcher for the trigger's subscriber (and one for its dead-letter sink), each
+        fed by a consumer of its queue."""
+        roles: list[DispatchRole] = ["subscriber"]
         if trigger.delivery.dead_letter_sink:
-            made.append(TriggerConsumer(trigger, role="sink", **common))  # type: ignore[arg-type]
+            roles.append("sink")
+        prefetch = consumer_prefetch(trigger, self.settings.rabbitmq.prefetch)
+        made = []
+        for role in roles:
+            dispatcher = Dispatcher(
+                trigger,
+                producer=self.publisher,
+                client=self.client,
+                metrics=self.metrics,
+                routes=self.routes,
+                tracing=self.tracing,
+                role=role,
+            )
+            made.append(QueueConsumer(dispatcher.queue, prefetch, self.link, dispatcher))
         return made
 
-    def _add_consumers(self, trigger: Trigger) -> list[TriggerConsumer]:
+    def _add_consumers(self, trigger: Trigger) -> list[Consumer]:
         made = self._new_consumers(trigger)
         for consumer in made:
-            self.consumers[(trigger.key, consumer.role)] = consumer
+            self.consumers[(trigger.key, consumer.handler.role)] = consumer
             self.link.add(consumer)
         return made
 
@@ -373,13 +382,14 @@ class App:
             if old.get(key) == trigger and existing[0] is not None:
                 for consumer in existing:
                     if consumer is not None:
-                        consumer.routes = routes
+                        consumer.handler.routes = routes
                 continue
             # New or changed: start the new consumer before stopping the old one.
             for consumer in self._new_consumers(trigger):
                 await consumer.attach(conn)
-                previous = self.consumers.get((key, consumer.role))
-                self.consumers[(key, consumer.role)] = consumer
+                role = consumer.handler.role
+                previous = self.consumers.get((key, role))
+                self.consumers[(key, role)] = consumer
                 self.link.add(consumer)
                 if previous is not None:
                     self.link.remove(previous)

@@ -36,6 +36,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from bridge.encodings import formats
 from bridge.errors import ConfigError
 
 DEFAULT_CONFIG_FILE = "config.toml"
@@ -164,7 +165,16 @@ class DeliverySpec(_Strict):
     timeout: Duration | None = None
     retryAfterMax: Duration | None = None
     deadLetterSink: Destination | None = None
-    format: Literal["binary", "json"] | None = None
+    format: str | None = None  # a registered delivery format (bridge.encodings)
+
+    @field_validator("format")
+    @classmethod
+    def _registered_format(cls, value: str | None) -> str | None:
+        if value is not None and value not in formats():
+            raise ValueError(
+                f"{value!r} is not a delivery format; use one of {', '.join(formats())}"
+            )
+        return value
 
 
 class BrokerDelivery(DeliverySpec):
@@ -174,7 +184,7 @@ class BrokerDelivery(DeliverySpec):
     backoffPolicy: Literal["exponential", "linear"] | None = "exponential"
     backoffDelay: Duration | None = timedelta(seconds=0.2)
     timeout: Duration | None = timedelta(seconds=30)
-    format: Literal["binary", "json"] | None = "binary"
+    format: str | None = "binary"
 
 
 class SubscriberSettings(_Strict):

@@ -22,20 +22,9 @@ from bridge import names
 from bridge.amqp.browse import QueueMissing, browse, queue_depth
 from bridge.amqp.connection import AMQP_ERRORS, delivery_tag
 from bridge.amqp.topology import catalog_keys
-from bridge.dispatch import ERROR_EXTENSIONS
 from bridge.errors import BridgeError
 from bridge.events import Event, json_document
-
-BRIDGE_RECORD = (
-    names.ATTEMPTS,
-    names.ROUTE,
-    names.TRIGGER,
-    names.FIRST_FAILURE,
-    names.LAST_FAILURE,
-    names.LAST_ERROR,
-    names.LAST_STATUS,
-    names.DEAD_LETTERED,
-)
+from bridge.records import replay_headers
 
 
 @dataclass(slots=True)
@@ -97,17 +86,6 @@ def full_record(message: DeliveredMessage, queue_trigger: str) -> dict[str, Any]
         raw = base64.b64decode(str(headers["ce-knativeerrordata"]))
         failure["response_body"] = raw.decode("utf-8", "replace")
     return {"event": doc, "failure": failure}
-
-
-def replay_headers(headers: dict[str, Any], trigger_queue: str) -> dict[str, Any]:
-    """The original event again: error extensions and failure record gone, attempts reset."""
-    out = {
-        k: v
-        for k, v in headers.items()
-        if not k.startswith("x-") and k not in ERROR_EXTENSIONS and k not in BRIDGE_RECORD
-    }
-    out[names.ROUTE] = trigger_queue
-    return out
 
 
 @dataclass(slots=True)
@@ -272,4 +250,4 @@ class DeadLetters:
         return removed
 
 
-__all__ = ["DeadLetterView", "DeadLetters", "ReplayResult", "full_record", "replay_headers"]
+__all__ = ["DeadLetterView", "DeadLetters", "ReplayResult", "full_record"]

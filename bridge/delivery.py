@@ -64,7 +64,7 @@ class EffectiveDelivery:
     timeout: float
     retry_after_max: float | None
     dead_letter_sink: str | None
-    format: Literal["binary", "json"]
+    format: str  # a registered delivery format (bridge.encodings)
 
     def backoff(self, retry_number: int) -> float:
         """Seconds to wait before retry `retry_number` (1-based)."""

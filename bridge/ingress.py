@@ -16,11 +16,9 @@ import re
 import time
 from typing import Any
 
-from bridge import names
 from bridge.amqp.publisher import Publisher
 from bridge.errors import BrokerUnavailable, EventError
 from bridge.events import (
-    CONTENT_TYPE_ATTRIBUTE,
     TRACEPARENT,
     TRACESTATE,
     Event,
@@ -198,12 +196,7 @@ class Ingress(Handler):
             attrs[TRACEPARENT] = traceparent
             if tracestate is not None:
                 attrs[TRACESTATE] = tracestate
-        attrs[names.RECEIVED] = int(time.time() * 1000)
-        routes = self.routes
-        if routes.content_type_filtered and event.content_type is not None:
-            attrs[CONTENT_TYPE_ATTRIBUTE] = event.content_type
-        matched = routes.matches_any(broker, attrs)
-        exchange = names.broker_exchange(broker) if matched else names.unmatched(broker)
+        exchange, matched = self.routes.exchange_for(broker, attrs, event.content_type, time.time())
         # With tracing, the consumer continues from this publish's span.
         with self._tracing.producing(f"publish {exchange}", server_span, exchange, attrs):
             await self._publisher.publish(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from bridge import names
@@ -20,6 +21,7 @@ from bridge.config import (
 )
 from bridge.delivery import EffectiveDelivery
 from bridge.errors import ConfigError
+from bridge.events import CONTENT_TYPE_ATTRIBUTE
 from bridge.filters import Attributes, CompiledFilter, compile_trigger_filter
 from bridge.redact import redact_url
 
@@ -90,6 +92,23 @@ class Routes:
             if trigger.filter.predicate(attrs):
                 return True
         return False
+
+    def exchange_for(
+        self, broker_key: str, attrs: dict[str, Any], content_type: str | None, now: float
+    ) -> tuple[str, bool]:
+        """Where an event entering `broker_key` is published, and whether a trigger matches it.
+
+        The one routing step of the ingress, of replies and of anything republished through a
+        broker: it stamps the receive time (end-to-end latency) and, when some filter looks at
+        datacontenttype, copies the content type into the headers RabbitMQ and the consumers see.
+        An event no trigger matches goes to the broker's unmatched exchange (kept, counted).
+        """
+        attrs[names.RECEIVED] = int(now * 1000)
+        if self.content_type_filtered and content_type is not None:
+            attrs[CONTENT_TYPE_ATTRIBUTE] = content_type
+        if self.matches_any(broker_key, attrs):
+            return names.broker_exchange(broker_key), True
+        return names.unmatched(broker_key), False
 
 
 def _check_url(url: str, where: str) -> str:

@@ -19,7 +19,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bridge.http.client import MAX_BODY, Answer, SubscriberClient
+from bridge.http.client import MAX_BODY, SubscriberClient
+from bridge.ports import Answer
 from tests.conftest import Running, eventually, get_all, queue_depth, trigger
 from tests.raw_http import Handler, RawConnection, RawServer, answer
 

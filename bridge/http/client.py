@@ -66,6 +66,7 @@ from urllib.parse import quote, urlsplit
 import httptools
 
 from bridge.errors import ConfigError
+from bridge.ports import Answer
 from bridge.redact import redact_text
 from bridge.status import NO_RESPONSE
 
@@ -497,21 +498,6 @@ class HTTPClient:
         self._all.clear()
         self._idle.clear()
         await asyncio.sleep(0)
-
-
-@dataclass(slots=True)
-class Answer:
-    """One delivery attempt. `status` -1: no answer, `error` says why; with `permanent` the
-    request could not even be written and never will be (dead-letter it, do not retry).
-    `oversized`: the body exceeded MAX_BODY and was not read (`body` is empty)."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
-    error: str | None
-    seconds: float
-    permanent: bool = False
-    oversized: bool = False
 
 
 class SubscriberClient:
