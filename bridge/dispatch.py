@@ -311,7 +311,12 @@ class Dispatcher:
         queue = await self._producer.delay_queue(max(0, round(retry.delay * 1000)))
         with self._tracing.producing(f"retry {self.queue}", span, queue, headers):
             await self._producer.publish(
-                event.data, headers, event.content_type, routing_key=queue, message_id=event.id
+                event.data,
+                headers,
+                event.content_type,
+                routing_key=queue,
+                message_id=event.id,
+                mandatory=True,
             )
 
     async def _publish_dead_letter(self, event: Event, dead: DeadLetter, span: Span | None) -> None:
@@ -337,7 +342,12 @@ class Dispatcher:
             target, destination = trigger.dead_letter_queue, "queue"
         with self._tracing.producing(f"dead-letter {target}", span, target, headers):
             await self._producer.publish(
-                event.data, headers, event.content_type, routing_key=target, message_id=event.id
+                event.data,
+                headers,
+                event.content_type,
+                routing_key=target,
+                message_id=event.id,
+                mandatory=True,
             )
         self._metrics.child(self._metrics.dead_letters, trigger.key, destination).inc()
         log.warning(

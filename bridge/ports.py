@@ -10,7 +10,8 @@ an edit of the core.
 - `Subscribers`: `post(url, headers, body, timeout, ca_certs) -> Answer`, never raising for what
   the subscriber or the network did.
 - `Producer`: publish confirmed (returns only once the broker confirmed; raises
-  `BrokerUnavailable` otherwise) and the name of the delay queue for a wait.
+  `BrokerUnavailable` otherwise; with `mandatory`, also when no queue took the message) and the
+  name of the delay queue for a wait.
 - `Inbound`: one consumed message: its headers, content type and body, `ack()`, `requeue()`, and
   whether its channel is still open (`alive`).
 - `Handler`: what a queue consumer feeds its messages to (the dispatcher).
@@ -61,6 +62,7 @@ class Producer(Protocol):
         exchange: str = "",
         routing_key: str = "",
         message_id: str | None = None,
+        mandatory: bool = False,
     ) -> None: ...
 
     async def delay_queue(self, milliseconds: int) -> str: ...

@@ -1,7 +1,8 @@
 """Nothing accepted is lost where an early acknowledgement would lose it: `dlq replay` removes a
 dead letter only after its republish is confirmed (RabbitMQ is made to refuse the republish with a
 policy: max-length 0, reject-publish, on a filled queue), and the drain lets in-flight deliveries
-finish instead of cutting them."""
+finish instead of cutting them; an event whose dead letter RabbitMQ cannot take (its queue was deleted)
+is kept, and comes back after a growing pause instead of in a tight loop."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from urllib.parse import unquote, urlsplit
 import orjson
 
 from bridge.deadletters import DeadLetters
-from tests.conftest import RABBITMQCTL, Received, eventually, queue_depth, trigger
+from tests.conftest import RABBITMQCTL, Received, eventually, get_all, queue_depth, trigger
 
 STRUCTURED = {"content-type": "application/cloudevents+json"}
 
@@ -114,3 +115,33 @@ async def test_the_drain_waits_for_a_delivery_in_flight(
     assert sub.ids() == ["slow"]
     # Unacknowledged messages went back to the queue when the drain closed the channel.
     assert await queue_depth(amqp, "bridge.trigger.default.t") == 0
+
+
+async def test_a_dead_letter_without_its_queue_keeps_the_event_and_returns_after_a_growing_pause(
+    amqp, bridge_factory, subscriber_factory
+):
+    sub = await subscriber_factory(script=[(400, {}, b"")])
+    running = await bridge_factory(triggers=[trigger("t", sub.url, delivery={"retry": 0})])
+    channel = await amqp.channel()
+    await channel.queue_delete("bridge.dlq.default.t")  # an operator deleted it
+    status, _, _ = await running.post("/", body=event("orphan"), headers=STRUCTURED)
+    assert status == 202
+    await asyncio.sleep(3.0)
+    # RabbitMQ returns the dead letter (no queue takes it): the event goes back to its queue
+    # after pauses of 0.5 s, 1 s, 2 s: a handful of attempts, not thousands, and nothing lost.
+    attempts = len(sub.received)
+    assert 2 <= attempts <= 5, attempts
+    await channel.queue_declare(
+        "bridge.dlq.default.t", durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await channel.close()
+
+    async def dead_lettered() -> bool:
+        return await queue_depth(amqp, "bridge.dlq.default.t") == 1
+
+    await eventually(dead_lettered, timeout=20, what="the dead letter once its queue is back")
+    await running.app.drain()
+    assert await queue_depth(amqp, "bridge.trigger.default.t") == 0
+    (dead,) = await get_all(amqp, "bridge.dlq.default.t")
+    assert dead.header.properties.headers["ce-id"] == "orphan"
+    assert set(sub.ids()) == {"orphan"}

@@ -13,6 +13,7 @@ from typing import Any
 import aiormq
 from aiormq.abc import AbstractChannel, AbstractConnection
 
+from bridge import names
 from bridge.amqp.connection import AMQP_ERRORS, AMQPLink, broker_error
 from bridge.amqp.topology import DelayQueues, QueueType
 from bridge.errors import BrokerUnavailable, PublishRejected
@@ -58,7 +59,11 @@ class Publisher:
         exchange: str = "",
         routing_key: str = "",
         message_id: str | None = None,
+        mandatory: bool = False,
     ) -> None:
+        """Publish and wait for the confirm. `mandatory`: a message no queue takes (a queue
+        deleted behind bridge's back) is returned by RabbitMQ and raises PublishRejected instead
+        of being confirmed and dropped."""
         channel = self._channel
         if channel is None:
             raise BrokerUnavailable("RabbitMQ is not connected")
@@ -72,14 +77,20 @@ class Publisher:
         self.in_flight += 1
         self._idle.clear()
         try:
-            await channel.basic_publish(
+            confirm = await channel.basic_publish(
                 body,
                 exchange=exchange,
                 routing_key=routing_key,
                 properties=properties,
+                mandatory=mandatory,
                 timeout=self._timeout,
                 wait=False,  # the confirm is what counts; no separate wait for the socket write
             )  # type: ignore[call-arg]
+            if mandatory and not isinstance(confirm, aiormq.spec.Basic.Ack):
+                # Returned (the confirm's result is then the returned message).
+                if routing_key.startswith(names.DELAY_PREFIX):
+                    self.delays.reset()  # declared again on next use
+                raise PublishRejected(f"RabbitMQ has no queue {routing_key} to take the message")
         except aiormq.exceptions.DeliveryError:
             raise PublishRejected("RabbitMQ refused the message") from None
         except TimeoutError:
