@@ -21,10 +21,11 @@ from aiormq.abc import AbstractConnection
 from opentelemetry.sdk.trace import SpanProcessor
 
 from bridge import names
+from bridge.amqp.browse import queue_depths
 from bridge.amqp.connection import SETUP_ERRORS, AMQPLink
 from bridge.amqp.consumer import QueueConsumer
 from bridge.amqp.publisher import Publisher
-from bridge.amqp.topology import Declarer, sync_catalog
+from bridge.amqp.topology import Declarer
 from bridge.config import LoadedConfig
 from bridge.config import load as load_config
 from bridge.descriptors import DescriptorWatch, raise_open_file_limit
@@ -258,20 +259,16 @@ class App:
                 log.debug("polling queue depths failed: %s", exc)
 
     async def _queue_depths(self, conn: AbstractConnection) -> None:
-        queues: list[tuple[str, str, str]] = []
+        queues: dict[str, tuple[str, str]] = {}
         for trigger in self.routes.triggers:
-            queues.append(("trigger", trigger.key, trigger.queue))
-            queues.append(("dead_letter", trigger.key, trigger.dead_letter_queue))
+            queues[trigger.queue] = ("trigger", trigger.key)
+            queues[trigger.dead_letter_queue] = ("dead_letter", trigger.key)
         for broker in self.routes.brokers:
-            queues.append(("unmatched", broker, names.unmatched(broker)))
-        channel = await conn.channel()
-        try:
-            for kind, owner, queue in queues:
-                ok = await channel.queue_declare(queue, passive=True)
-                self.metrics.child(self.metrics.queue_depth, kind, owner).set(ok.message_count)
-        finally:
-            if not channel.is_closed:
-                await channel.close()
+            queues[names.unmatched(broker)] = ("unmatched", broker)
+        for queue, depth in (await queue_depths(conn, queues)).items():
+            if depth is not None:
+                kind, owner = queues[queue]
+                self.metrics.child(self.metrics.queue_depth, kind, owner).set(depth)
 
     async def run(self, install_signals: bool = True) -> int:
         """Start, serve until SIGTERM/SIGINT (SIGHUP reloads), drain; the exit code."""
@@ -339,22 +336,13 @@ class App:
         if conn is None:
             log.error("reload refused: not connected to RabbitMQ; send SIGHUP again later")
             return False
-        channel = await conn.channel()
         try:
-            self.declarer.routes = routes
-            for broker in routes.brokers:
-                await self.declarer.declare_broker(channel, broker)
-            for trigger in routes.triggers:
-                await self.declarer.declare_trigger(channel, trigger)
             # Removed or changed triggers lose their old bindings; removed triggers' queues are
             # kept until `bridge topology prune --yes`.
-            await sync_catalog(conn, self.declarer.queue_type, routes)
+            await self.declarer.apply(conn, routes)
         except SETUP_ERRORS as exc:
             log.error("reload failed while declaring topology: %s", exc)
             return False
-        finally:
-            if not channel.is_closed:
-                await channel.close()
         self.routes = routes
         if self.ingress is not None:
             self.ingress.routes = routes

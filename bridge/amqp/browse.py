@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import aiormq
 from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
@@ -27,18 +27,33 @@ class QueueMissing(Exception):
     """The queue does not exist."""
 
 
-async def queue_depth(connection: AbstractConnection, queue: str) -> int | None:
-    """Messages ready in `queue`, or None when it does not exist."""
-    channel = await connection.channel()
+async def queue_depths(
+    connection: AbstractConnection, queues: Iterable[str]
+) -> dict[str, int | None]:
+    """Messages ready in each queue (None for a queue that does not exist), asked by passive
+    declares on one channel (a missing queue closes it; the next queue gets a new one)."""
+    depths: dict[str, int | None] = {}
+    channel: AbstractChannel | None = None
     try:
-        ok = await channel.queue_declare(queue, passive=True)
-        return int(ok.message_count or 0)
-    except aiormq.exceptions.ChannelNotFoundEntity:
-        return None
+        for queue in queues:
+            if channel is None or channel.is_closed:
+                channel = await connection.channel()
+            try:
+                ok = await channel.queue_declare(queue, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                depths[queue] = None
+            else:
+                depths[queue] = int(ok.message_count or 0)
     finally:
-        if not channel.is_closed:
+        if channel is not None and not channel.is_closed:
             with contextlib.suppress(*AMQP_ERRORS):
                 await channel.close()
+    return depths
+
+
+async def queue_depth(connection: AbstractConnection, queue: str) -> int | None:
+    """Messages ready in `queue`, or None when it does not exist."""
+    return (await queue_depths(connection, (queue,)))[queue]
 
 
 @contextlib.asynccontextmanager

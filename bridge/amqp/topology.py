@@ -245,13 +245,19 @@ class Declarer:
         self.unmatched_max_length = unmatched_max_length
 
     async def attach(self, connection: AbstractConnection) -> None:
+        await self.apply(connection, self.routes)
+
+    async def apply(self, connection: AbstractConnection, routes: Routes) -> None:
+        """Declare `routes` (a reload's new ones, or the same on a reconnect), unbind what the
+        catalog says is gone, and keep `routes` for the next reconnect."""
         channel = await connection.channel()
         try:
-            await self.declare(channel, self.routes)
+            await self.declare(channel, routes)
         finally:
             if not channel.is_closed:
                 await channel.close()
-        await sync_catalog(connection, self.queue_type, self.routes)
+        await sync_catalog(connection, self.queue_type, routes)
+        self.routes = routes
 
     async def detach(self) -> None:
         return None
