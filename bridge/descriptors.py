@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import resource
-import time
+
+from bridge.telemetry.logging import Throttle
 
 log = logging.getLogger("bridge")
 
@@ -45,7 +46,7 @@ class DescriptorWatch:
     def __init__(self) -> None:
         self.available = os.path.isdir(_FD_DIR)
         self.problem: str | None = None
-        self._logged = 0.0
+        self._warn = Throttle(LOG_EVERY)
 
     def check(self) -> str | None:
         if not self.available:
@@ -56,9 +57,7 @@ class DescriptorWatch:
         in_use = len(os.listdir(_FD_DIR))
         if in_use >= limit * PRESSURE or (self.problem is not None and in_use > limit * RELIEF):
             self.problem = f"{in_use} of {limit} file descriptors are in use."
-            now = time.monotonic()
-            if now - self._logged >= LOG_EVERY:
-                self._logged = now
+            if self._warn.ready():
                 log.warning(
                     "%d of %d file descriptors in use: new connections may fail; reporting "
                     "not ready until fewer than %d are open",

@@ -30,7 +30,7 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from bridge import names
 from bridge.delivery import EffectiveDelivery, Outcome, classify, retry_delay
@@ -309,7 +309,14 @@ class Dispatcher:
             event.attrs, self.queue, retry.attempts, retry.answer, self._clock.time()
         )
         queue = await self._producer.delay_queue(max(0, round(retry.delay * 1000)))
-        with self._tracing.producing(f"retry {self.queue}", span, queue, headers):
+        await self._to_queue(f"retry {self.queue}", event, headers, queue, span)
+
+    async def _to_queue(
+        self, what: str, event: Event, headers: dict[str, Any], queue: str, span: Span | None
+    ) -> None:
+        """Publish a copy of `event` straight to `queue`, confirmed; refused (not dropped) when
+        the queue does not exist."""
+        with self._tracing.producing(what, span, queue, headers):
             await self._producer.publish(
                 event.data,
                 headers,
@@ -340,15 +347,7 @@ class Dispatcher:
             target, destination = trigger.sink_queue, "sink"
         else:
             target, destination = trigger.dead_letter_queue, "queue"
-        with self._tracing.producing(f"dead-letter {target}", span, target, headers):
-            await self._producer.publish(
-                event.data,
-                headers,
-                event.content_type,
-                routing_key=target,
-                message_id=event.id,
-                mandatory=True,
-            )
+        await self._to_queue(f"dead-letter {target}", event, headers, target, span)
         self._metrics.child(self._metrics.dead_letters, trigger.key, destination).inc()
         log.warning(
             "dead-lettered event %s of trigger %s after %d attempt(s): %s",

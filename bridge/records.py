@@ -53,14 +53,18 @@ def retry_headers(
 ) -> dict[str, Any]:
     """A waiting retry: it comes back to `queue` with the attempts made so far."""
     out = carried_headers(headers)
-    stamp = iso(now)
     out[names.ATTEMPTS] = attempts
     out[names.ROUTE] = queue
+    _record_failure(out, answer, describe_answer(answer), iso(now))
+    return out
+
+
+def _record_failure(out: dict[str, Any], answer: Answer, error: str, stamp: str) -> None:
+    """The failure record: first (kept) and last failure times, the last status and error."""
     out.setdefault(names.FIRST_FAILURE, stamp)
     out[names.LAST_FAILURE] = stamp
     out[names.LAST_STATUS] = answer.status
-    out[names.LAST_ERROR] = describe_answer(answer)
-    return out
+    out[names.LAST_ERROR] = error
 
 
 def dead_letter_headers(
@@ -85,10 +89,7 @@ def dead_letter_headers(
     stamp = iso(now)
     out[names.TRIGGER] = trigger_key
     out[names.ATTEMPTS] = attempts
-    out.setdefault(names.FIRST_FAILURE, stamp)
-    out[names.LAST_FAILURE] = stamp
-    out[names.LAST_STATUS] = answer.status
-    out[names.LAST_ERROR] = error
+    _record_failure(out, answer, error, stamp)
     out[names.DEAD_LETTERED] = stamp
     return out
 

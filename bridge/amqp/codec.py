@@ -172,21 +172,19 @@ def unmarshal_properties(self: Any, flags: int, data: bytes) -> None:
 
 def install() -> None:
     """Use these codecs inside pamqp (idempotent)."""
-    encode.field_table = encode_table
-    encode.METHODS["table"] = encode_table
-    decode.field_table = decode_table
-    decode.METHODS["table"] = decode_table
-    decode.TABLE_MAPPING[b"F"] = decode_table
-    _PROPERTIES.marshal = marshal_properties  # type: ignore[method-assign]
-    _PROPERTIES.unmarshal = unmarshal_properties  # type: ignore[method-assign]
+    _use(encode_table, decode_table, marshal_properties, unmarshal_properties)
 
 
 def uninstall() -> None:
     """Back to pamqp's own codecs (for comparing them in tests)."""
-    encode.field_table = _original_field_table
-    encode.METHODS["table"] = _original_field_table
-    decode.field_table = _original_decode_table
-    decode.METHODS["table"] = _original_decode_table
-    decode.TABLE_MAPPING[b"F"] = _original_decode_table
-    _PROPERTIES.marshal = _original_marshal  # type: ignore[method-assign]
-    _PROPERTIES.unmarshal = _original_unmarshal  # type: ignore[method-assign]
+    _use(_original_field_table, _original_decode_table, _original_marshal, _original_unmarshal)
+
+
+def _use(table_encoder: Any, table_decoder: Any, marshal: Any, unmarshal: Any) -> None:
+    encode.field_table = table_encoder
+    encode.METHODS["table"] = table_encoder
+    decode.field_table = table_decoder
+    decode.METHODS["table"] = table_decoder
+    decode.TABLE_MAPPING[b"F"] = table_decoder
+    _PROPERTIES.marshal = marshal  # type: ignore[method-assign]
+    _PROPERTIES.unmarshal = unmarshal  # type: ignore[method-assign]

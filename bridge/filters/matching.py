@@ -6,9 +6,10 @@ and `suffix` are bound on a superset and checked by the consumer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from bridge.filters.base import Attributes, Expression, Predicate, describe_pairs, string_pairs
+from bridge.filters.base import Attributes, Expression, describe_pairs, string_pairs
 
 
 def compile_exact(arg: Any, where: str) -> Expression:
@@ -26,45 +27,28 @@ def compile_exact(arg: Any, where: str) -> Expression:
 
 def compile_prefix(arg: Any, where: str) -> Expression:
     """`prefix: {attr: value}`: every attribute a string starting with its (non-empty) value."""
-    pairs = string_pairs(arg, where, allow_empty=False)
-    return Expression(
-        _prefix(tuple(pairs)),
-        {},
-        False,
-        describe_pairs(pairs, " starts with "),
-        frozenset(key for key, _ in pairs),
-    )
+    return _string_test(arg, where, str.startswith, " starts with ")
 
 
 def compile_suffix(arg: Any, where: str) -> Expression:
     """`suffix: {attr: value}`: every attribute a string ending with its (non-empty) value."""
+    return _string_test(arg, where, str.endswith, " ends with ")
+
+
+def _string_test(
+    arg: Any, where: str, test: Callable[[str, str], bool], described: str
+) -> Expression:
+    """Every attribute a string for which `test(value, expected)` holds; checked by consumers."""
     pairs = string_pairs(arg, where, allow_empty=False)
+    frozen = tuple(pairs)
+
+    def predicate(attrs: Attributes) -> bool:
+        for name, value in frozen:
+            got = attrs.get(name)
+            if not isinstance(got, str) or not test(got, value):
+                return False
+        return True
+
     return Expression(
-        _suffix(tuple(pairs)),
-        {},
-        False,
-        describe_pairs(pairs, " ends with "),
-        frozenset(key for key, _ in pairs),
+        predicate, {}, False, describe_pairs(pairs, described), frozenset(k for k, _ in pairs)
     )
-
-
-def _prefix(frozen: tuple[tuple[str, str], ...]) -> Predicate:
-    def predicate(attrs: Attributes) -> bool:
-        for name, value in frozen:
-            got = attrs.get(name)
-            if not isinstance(got, str) or not got.startswith(value):
-                return False
-        return True
-
-    return predicate
-
-
-def _suffix(frozen: tuple[tuple[str, str], ...]) -> Predicate:
-    def predicate(attrs: Attributes) -> bool:
-        for name, value in frozen:
-            got = attrs.get(name)
-            if not isinstance(got, str) or not got.endswith(value):
-                return False
-        return True
-
-    return predicate

@@ -59,6 +59,8 @@ from http import HTTPStatus
 import httptools
 import orjson
 
+from bridge.telemetry.logging import Throttle
+
 log = logging.getLogger("bridge.http")
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
@@ -649,7 +651,7 @@ class HTTPServer:
         self.refused_connections = 0
         # Connections answered 503 (over the cap) that wait for the client to close.
         self._turned_away: set[_Connection] = set()
-        self._cap_logged = -CAP_LOG_EVERY
+        self._cap_warn = Throttle(CAP_LOG_EVERY)
         self._busy_answer = json_error(
             503,
             f"bridge is serving its maximum of {self.max_connections} connections; "
@@ -679,9 +681,7 @@ class HTTPServer:
         assert transport is not None
         self.saturated = True
         self.refused_connections += 1
-        now = time.monotonic()
-        if now - self._cap_logged >= CAP_LOG_EVERY:
-            self._cap_logged = now
+        if self._cap_warn.ready():
             log.warning(
                 "HTTP server on %s:%d is at its connection limit: %d connections open, limit %d;"
                 " answering 503 to new connections (%d so far)",

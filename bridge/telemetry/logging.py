@@ -15,6 +15,22 @@ _EXTRA_FIELDS = ("event_id", "trigger", "broker", "trace_id", "span_id")
 _secrets: tuple[str, ...] = ()
 
 
+class Throttle:
+    """For a condition that repeats: True at most once every `every` seconds (the first time
+    at once), so its warning is logged now and then, not on every occurrence."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self._last = -float("inf")
+
+    def ready(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.every:
+            return False
+        self._last = now
+        return True
+
+
 def register_secrets(*secrets: str) -> None:
     """Values that must never appear in a log line (tokens, passwords)."""
     global _secrets
