@@ -22,6 +22,13 @@ message goes back to its queue after a pause that grows with each consecutive fa
 doubling to 30 s, reset by the next success), holding its delivery slot meanwhile: a broker that
 refuses dead letters slows the trigger down instead of making it POST the same event in a loop.
 Nothing is dropped.
+
+A subscriber that refuses connections costs little: after `UNREACHABLE_AFTER` consecutive
+attempts that could not connect, the trigger's attempts are spaced `THROTTLE_GAP` apart (at most
+20 a second, whatever the backlog) until one connects again; each attempt doubles as the probe.
+Every event keeps Knative's semantics exactly (its attempts, backoff and dead letter); only the
+rate of futile attempts is bounded, so a trigger whose subscriber is down does not take the CPU
+that healthy triggers and the ingress need.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ log = logging.getLogger("bridge.dispatch")
 PREFER_REPLY = "reply"
 RETURN_PAUSE = 0.5  # seconds before a message whose settling failed goes back to its queue
 RETURN_PAUSE_MAX = 30.0
+UNREACHABLE_AFTER = 3  # consecutive attempts that could not connect: the subscriber is down
+THROTTLE_GAP = 0.05  # seconds between attempts while it is down
 
 Role = Literal["subscriber", "sink"]
 
@@ -143,12 +152,17 @@ class Dispatcher:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._settle_failures = 0
+        # Throttled: the subscriber refuses connections; attempts are spaced THROTTLE_GAP apart.
+        self.throttled = False
+        self._unreachable = 0
+        self._next_turn = 0.0
         label = trigger.key if role == "subscriber" else f"{trigger.key}#sink"
         self.label = label
         self._m_latency = metrics.child(metrics.dispatch_latency, label)
         self._m_e2e = metrics.child(metrics.end_to_end_latency, label)
         self._m_retries = metrics.child(metrics.retries, label)
         self._m_filtered = metrics.child(metrics.filtered, label)
+        self._m_unreachable = metrics.child(metrics.unreachable, label)
 
     # -- flow control (the Handler port) --
     async def offer(self, message: Inbound) -> None:
@@ -173,6 +187,42 @@ class Dispatcher:
             self._active -= 1
             if self._active == 0:
                 self._idle.set()
+
+    # -- a subscriber that refuses connections --
+    def _note(self, answer: Answer) -> None:
+        if not answer.unreachable:
+            self._unreachable = 0
+            if self.throttled:
+                self.throttled = False
+                self._m_unreachable.set(0)
+                log.info(
+                    "%s: the subscriber %s accepts connections again; full speed",
+                    self.label,
+                    self.url,
+                    extra={"trigger": self.trigger.key},
+                )
+            return
+        self._unreachable += 1
+        if self._unreachable >= UNREACHABLE_AFTER and not self.throttled:
+            self.throttled = True
+            self._m_unreachable.set(1)
+            log.warning(
+                "%s: the subscriber %s refuses connections (%s); at most %d attempts a second "
+                "until one connects (each event keeps its retries)",
+                self.label,
+                self.url,
+                answer.error,
+                round(1 / THROTTLE_GAP),
+                extra={"trigger": self.trigger.key},
+            )
+
+    async def _wait_turn(self) -> None:
+        """While throttled: wait for this attempt's turn, THROTTLE_GAP after the previous one."""
+        now = self._clock.time()
+        turn = max(now, self._next_turn)
+        self._next_turn = turn + THROTTLE_GAP
+        if turn > now:
+            await self._nap(turn - now)
 
     def stop_taking(self) -> None:
         self._stopping = True
@@ -232,6 +282,8 @@ class Dispatcher:
     async def _attempt(self, event: Event, span: Span | None) -> Answer:
         """One POST, traced when `span` is given (the subscriber's parent is then this attempt;
         otherwise the event's own trace context is passed on)."""
+        if self.throttled:
+            await self._wait_turn()
         headers, body = self._encode(event)
         headers["prefer"] = PREFER_REPLY
         tracing = self._tracing
@@ -256,6 +308,7 @@ class Dispatcher:
         else:
             self._m_latency.observe(answer.seconds)
         self._metrics.delivered(self.label, answer.status).inc()
+        self._note(answer)
         return answer
 
     async def _execute(

@@ -39,6 +39,8 @@ class Answer:
     seconds: float
     permanent: bool = False
     oversized: bool = False
+    # No connection could be made (refused, no route, unknown host): the subscriber is down.
+    unreachable: bool = False
 
 
 class Subscribers(Protocol):

@@ -39,9 +39,12 @@ class FakeClock:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
+        """Wakes (in turn, after one loop pass) at the time it was due: sleepers that started
+        together wake in order of their deadlines, the clock at the latest one so far."""
         self.slept.append(seconds)
-        self.now += seconds
+        wake = self.now + seconds
         await asyncio.sleep(0)
+        self.now = max(self.now, wake)
 
 
 @dataclass
@@ -156,10 +159,16 @@ def answer(
     error: str | None = None,
     permanent: bool = False,
     oversized: bool = False,
+    unreachable: bool = False,
 ) -> Answer:
     if status == -1 and error is None:
-        error = "cannot connect to 127.0.0.1:9 (connection refused)"
-    return Answer(status, headers or {}, body, error, 0.001, permanent, oversized)
+        error = "no answer within 30s"
+    return Answer(status, headers or {}, body, error, 0.001, permanent, oversized, unreachable)
+
+
+def refused() -> Answer:
+    """What an attempt gets from a subscriber that is down."""
+    return answer(-1, error="cannot connect to 127.0.0.1:9 (connection refused)", unreachable=True)
 
 
 @dataclass

@@ -3,13 +3,16 @@ configuration model, and the adapters know no use case.
 
 Core: the event model, the filters, the delivery policy and their small helpers; pure, testable
 without a broker, a network or pydantic. Adapters: the AMQP and HTTP layers; the use cases
-(dispatch, ingress, dead letters) and the composition root (app, cli) sit above them. Every
-import statement counts, including ones inside functions and under TYPE_CHECKING.
+(dispatch, ingress, dead letters) and the composition root (app, cli) sit above them. Only the
+command line imports the command line: no module outside bridge/cli/ (but the entry point
+__main__) imports `bridge.cli`, which would also make an import circle through it. Every import
+statement counts, including ones inside functions and under TYPE_CHECKING.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 import pytest
@@ -24,22 +27,34 @@ CORE = (
     "rawjson.py",
     "names.py",
     "errors.py",
+    "ports.py",
+    "records.py",
+    "encodings.py",
 )
 CORE_FORBIDDEN = (
     "aiormq",
     "pamqp",
     "httptools",
+    "aiohttp",
+    "httpx",
     "pydantic",
     "pydantic_settings",
     "opentelemetry",
     "bridge.amqp",
     "bridge.http",
+    "bridge.telemetry",
     "bridge.config",
+    "bridge.triggers",
     "bridge.app",
     "bridge.cli",
     "bridge.dispatch",
     "bridge.ingress",
+    "bridge.deadletters",
 )
+
+# The dispatcher works on the ports (bridge/ports.py) only: no AMQP or HTTP library or adapter.
+PORT_USERS = ("dispatch.py",)
+PORT_USERS_FORBIDDEN = ("aiormq", "pamqp", "httptools", "aiohttp", "bridge.amqp", "bridge.http")
 
 ADAPTERS = ("amqp/*.py", "http/*.py")
 ADAPTER_FORBIDDEN = (
@@ -113,6 +128,27 @@ def test_the_adapters_import_no_use_case() -> None:
     assert violations(ADAPTERS, ADAPTER_FORBIDDEN) == []
 
 
+def test_the_dispatcher_talks_to_ports_not_adapters() -> None:
+    assert violations(PORT_USERS, PORT_USERS_FORBIDDEN) == []
+
+
+def non_cli_modules() -> list[Path]:
+    """Every module under bridge/ but bridge/cli/ and __main__ (the entry point runs the CLI)."""
+    return sorted(
+        p
+        for p in BRIDGE.rglob("*.py")
+        if p.relative_to(BRIDGE).parts[0] != "cli" and p.name != "__main__.py"
+    )
+
+
+@pytest.mark.parametrize("path", non_cli_modules(), ids=module_name)
+def test_no_module_outside_the_cli_imports_the_cli(path: Path) -> None:
+    name = module_name(path)
+    importlib.import_module(name)  # it imports at all
+    cli = sorted(m for m in imports(path) if violates(m, "bridge.cli"))
+    assert not cli, f"{name} imports {', '.join(cli)}"
+
+
 @pytest.mark.parametrize(
     ("source", "module", "expected"),
     [
@@ -137,6 +173,11 @@ def test_the_adapters_import_no_use_case() -> None:
             "def f():\n    from bridge.cli import main",
             "bridge/names.py",
             {"bridge.cli", "bridge.cli.main"},
+        ),
+        (
+            "def f():\n    from . import cli\n    from .cli.dlq import x\nimport bridge.cli\n",
+            "bridge/app.py",
+            {"bridge", "bridge.cli", "bridge.cli.dlq", "bridge.cli.dlq.x"},
         ),
     ],
 )

@@ -16,6 +16,8 @@ import time
 from email.utils import formatdate
 from typing import Any
 
+import aiohttp
+import aiohttp.web
 import aiormq
 import orjson
 import pytest
@@ -744,3 +746,64 @@ async def test_an_event_with_an_unsendable_header_is_dead_lettered_after_one_att
         "bridge_retries_total", {"trigger": "default/t"}
     ) in (None, 0.0)
     assert await queue_depth(amqp, "bridge.trigger.default.t") == 0
+
+
+async def test_a_subscriber_that_refuses_connections_gets_throttled_attempts_then_everything(
+    bridge_factory,
+):
+    """Down: futile attempts are bounded (20 a second), whatever the backlog and its backoff;
+    back up on the same port: every event arrives."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
+    delivery = {"retry": 1000, "backoffPolicy": "linear", "backoffDelay": "PT0.01S"}
+    running = await bridge_factory(triggers=[trigger("down", url, delivery=delivery)])
+    for i in range(40):
+        await send(running, ce(f"d-{i}"))
+    registry = running.app.metrics.registry
+    labels = {"trigger": "default/down", "code": "-1", "class": "no_response"}
+
+    def attempts() -> float:
+        return registry.get_sample_value("bridge_deliveries_total", labels) or 0.0
+
+    await eventually(
+        lambda: (
+            attempts() >= 3
+            and bool(
+                registry.get_sample_value(
+                    "bridge_subscriber_unreachable", {"trigger": "default/down"}
+                )
+            )
+        ),
+        timeout=10,
+        what="the trigger throttled",
+    )
+    before = attempts()
+    await asyncio.sleep(2.0)
+    # At most 20 attempts a second (plus timer slack); unthrottled, 40 events retried every
+    # 10-400 ms would make hundreds.
+    assert attempts() - before <= 2.0 * 20 + 5
+    received: list[str] = []
+
+    async def handle(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        received.append(request.headers["ce-id"])
+        return aiohttp.web.Response(status=200)
+
+    app = aiohttp.web.Application()
+    app.router.add_post("/", handle)
+    runner = aiohttp.web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await aiohttp.web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        await eventually(
+            lambda: set(received) == {f"d-{i}" for i in range(40)},
+            timeout=30,
+            what="every event once the subscriber is back",
+        )
+        assert (
+            registry.get_sample_value("bridge_subscriber_unreachable", {"trigger": "default/down"})
+            == 0
+        )
+    finally:
+        await runner.cleanup()

@@ -17,9 +17,18 @@ import orjson
 import pytest
 
 from bridge import names
-from bridge.dispatch import PREFER_REPLY, RETURN_PAUSE, Ack, DeadLetter, RetryLater, decide
+from bridge.dispatch import (
+    PREFER_REPLY,
+    RETURN_PAUSE,
+    THROTTLE_GAP,
+    UNREACHABLE_AFTER,
+    Ack,
+    DeadLetter,
+    RetryLater,
+    decide,
+)
 from bridge.ports import Answer
-from tests.fakes import EPOCH, Request, answer, event_headers, rig, trigger_spec
+from tests.fakes import EPOCH, Request, answer, event_headers, refused, rig, trigger_spec
 
 DISPLAY = "default/display"
 QUEUE = names.trigger_queue(DISPLAY)
@@ -481,3 +490,63 @@ async def test_stopping_ends_an_ordered_wait_at_once() -> None:
     r.dispatcher.stop_taking()
     await asyncio.wait_for(task, 1.0)
     assert (message.acks, message.requeues) == (0, 0)
+
+
+# --- a subscriber that refuses connections ------------------------------------------------------
+
+
+async def test_a_subscriber_that_refuses_connections_throttles_attempts_not_retries() -> None:
+    r = rig(refused())
+    for i in range(UNREACHABLE_AFTER):
+        await r.dispatcher.offer(r.message(f"e-{i}"))
+    assert r.clock.slept == []  # full speed until the subscriber is known to be down
+    assert r.dispatcher.throttled
+    assert sample(r, "bridge_subscriber_unreachable", trigger=DISPLAY) == 1
+    for i in range(4):
+        await r.dispatcher.offer(r.message(f"later-{i}"))
+    # the first later attempt goes at once; each next one waits THROTTLE_GAP after it
+    assert r.clock.slept == [pytest.approx(THROTTLE_GAP)] * 3
+    # and every event keeps Knative's semantics: one retry scheduled per attempt
+    assert len(r.producer.to(names.delay_queue(400))) == UNREACHABLE_AFTER + 4
+
+
+async def test_concurrent_attempts_share_the_throttle() -> None:
+    r = rig(refused(), triggers=(trigger_spec(parallelism=8),))
+    for i in range(UNREACHABLE_AFTER):
+        await r.dispatcher.offer(r.message(f"e-{i}"))
+    await asyncio.gather(*(r.dispatcher.offer(r.message(f"c-{i}")) for i in range(6)))
+    # six attempts started together take turns: at once, then 1, 2, ... 5 gaps later
+    assert sorted(r.clock.slept) == [pytest.approx(THROTTLE_GAP * k) for k in range(1, 6)]
+    assert len(r.subscribers.requests) == UNREACHABLE_AFTER + 6
+
+
+async def test_a_connected_answer_ends_the_throttle() -> None:
+    r = rig(refused(), refused(), refused(), answer(503), answer(503))
+    for i in range(5):
+        await r.dispatcher.offer(r.message(f"e-{i}"))
+    assert not r.dispatcher.throttled
+    assert sample(r, "bridge_subscriber_unreachable", trigger=DISPLAY) == 0
+    slept = len(r.clock.slept)
+    await r.dispatcher.offer(r.message("next"))
+    assert len(r.clock.slept) == slept  # full speed again
+
+
+async def test_an_answer_between_refusals_means_no_throttle() -> None:
+    r = rig(refused(), refused(), answer(503), refused(), refused())
+    for i in range(5):
+        await r.dispatcher.offer(r.message(f"e-{i}"))
+    assert not r.dispatcher.throttled
+
+
+async def test_timeouts_do_not_throttle() -> None:
+    r = rig(answer(-1, error="no answer within 30s"))
+    for i in range(UNREACHABLE_AFTER + 2):
+        await r.dispatcher.offer(r.message(f"e-{i}"))
+    assert not r.dispatcher.throttled
+
+
+async def test_a_throttled_event_is_still_dead_lettered_after_its_last_retry() -> None:
+    r = rig(refused(), triggers=(trigger_spec(delivery={"retry": 1}),))
+    for i in range(UNREACHABLE_AFTER):
+        await r.dispatcher.offer(r.message(f"e-{i}", **{names.ATTEMPTS: 1}))
+    assert [p.routing_key for p in r.producer.published] == [DLQ] * UNREACHABLE_AFTER

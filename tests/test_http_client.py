@@ -3,7 +3,9 @@ is allowed goes out byte for byte, request targets; and the start-up warning abo
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -175,3 +177,41 @@ async def test_no_proxy_warning_without_proxy_variables(
     caplog.set_level(logging.WARNING, logger="bridge")
     await bridge_factory(triggers=[trigger("t", "http://127.0.0.1:9/")])
     assert not [r for r in caplog.records if "PROXY" in r.getMessage()]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_a_refused_connection_marks_the_subscriber_unreachable(
+    client: SubscriberClient,
+) -> None:
+    got = await client.post(f"http://127.0.0.1:{free_port()}/", dict(BASE), b"", 5.0)
+    assert got.status == -1
+    assert got.unreachable
+    assert not got.permanent
+    assert "connection refused" in (got.error or "")
+
+
+async def test_an_unknown_host_is_unreachable(client: SubscriberClient) -> None:
+    got = await client.post("http://no-such-host.invalid/", dict(BASE), b"", 5.0)
+    assert (got.status, got.unreachable) == (-1, True)
+
+
+async def test_a_timeout_or_an_answer_is_not_unreachable(
+    client: SubscriberClient, server: RawServer
+) -> None:
+    async def silent(conn: RawConnection) -> None:
+        await conn.request()
+        await asyncio.sleep(5)
+
+    answered = await client.post(server.url, dict(BASE), b"", 5.0)
+    assert (answered.status, answered.unreachable) == (200, False)
+    quiet = await RawServer(silent).start()
+    try:
+        timed_out = await client.post(quiet.url, dict(BASE), b"", 0.2)
+    finally:
+        await quiet.close()
+    assert (timed_out.status, timed_out.unreachable) == (-1, False)

@@ -55,7 +55,10 @@ Proxies
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import re
+import socket
 import ssl
 import time
 from collections import deque
@@ -98,6 +101,25 @@ class HTTPClientError(Exception):
 
 class _Closed(HTTPClientError):
     """The connection closed before any byte of the answer: safe to send again."""
+
+
+class Unreachable(OSError):
+    """No connection could be made: refused, no route to the host, or a name that does not
+    resolve (not a timeout, not a TLS failure)."""
+
+
+_UNREACHABLE_ERRNOS = frozenset(
+    (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EADDRNOTAVAIL)
+)
+
+
+def _unreachable(exc: OSError) -> bool:
+    if isinstance(exc, ssl.SSLError):
+        return False
+    if isinstance(exc, socket.gaierror) or exc.errno in _UNREACHABLE_ERRNOS:
+        return True
+    # Every address of the host failed to connect (asyncio joins their errors, without errno).
+    return exc.errno is None and str(exc).startswith("Multiple exceptions")
 
 
 class Unsendable(HTTPClientError):
@@ -417,7 +439,15 @@ class HTTPClient:
 
     async def _connect(self, target: _Target, context: ssl.SSLContext | None) -> _Connection:
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(_Connection, target.host, target.port, ssl=context)
+        try:
+            _, conn = await loop.create_connection(
+                _Connection, target.host, target.port, ssl=context
+            )
+        except OSError as exc:
+            if _unreachable(exc):
+                reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+                raise Unreachable(exc.errno, reason) from None
+            raise
         self._all.add(conn)
         return conn
 
@@ -528,7 +558,7 @@ class SubscriberClient:
         ca_certs: str | None = None,
     ) -> Answer:
         started = time.monotonic()
-        permanent = False
+        permanent = unreachable = False
         try:
             status, answer_headers, answer, oversized = await self._client.post(
                 url, headers, body, timeout, ca_certs
@@ -547,13 +577,16 @@ class SubscriberClient:
             error = f"TLS with {_origin(url)} failed ({exc.reason or exc})"
         except OSError as exc:
             error = f"cannot connect to {_origin(url)} ({(exc.strerror or str(exc)).lower()})"
+            unreachable = isinstance(exc, Unreachable)
         except (HTTPClientError, ValueError) as exc:
             error = redact_text(str(exc) or exc.__class__.__name__)
         else:
             return Answer(
                 status, answer_headers, answer, None, time.monotonic() - started, False, oversized
             )
-        return Answer(NO_RESPONSE, {}, b"", error, time.monotonic() - started, permanent)
+        return Answer(
+            NO_RESPONSE, {}, b"", error, time.monotonic() - started, permanent, False, unreachable
+        )
 
     async def close(self) -> None:
         await self._client.close()

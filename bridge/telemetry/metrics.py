@@ -93,6 +93,13 @@ class Metrics:
             ["kind", "owner"],
             registry=r,
         )
+        self.unreachable = Gauge(
+            "bridge_subscriber_unreachable",
+            "1 while a trigger's subscriber (or dead-letter sink) refuses connections and its "
+            "attempts are throttled.",
+            ["trigger"],
+            registry=r,
+        )
         self.rabbitmq_connected = Gauge(
             "bridge_rabbitmq_connected", "1 while connected to RabbitMQ.", registry=r
         )
