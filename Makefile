@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench bench-quick rabbitmq venv clean
+.PHONY: run test test-fast lint typecheck unit bench bench-quick rabbitmq venv clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "bridge needs Python 3.11 or newer")'
@@ -30,6 +30,10 @@ typecheck: venv
 
 test: venv rabbitmq lint typecheck
 	$(BIN)/python -m pytest
+
+# Every test but those marked `rabbit` (tests/conftest.py): seconds, and no RabbitMQ needed.
+test-fast: venv
+	$(BIN)/python -m pytest -m "not rabbit" -q
 
 bench: venv rabbitmq
 	$(BIN)/python -m benchmarks.run

@@ -1,7 +1,10 @@
 """Shared fixtures: a fresh RabbitMQ vhost per test, bridge run in process, scriptable subscribers.
 
 Tests talk to the real local RabbitMQ. When it cannot be reached they fail (never skip): a test
-that did not run must not count as passed.
+that did not run must not count as passed. Every test that reaches RabbitMQ carries the marker
+`rabbit`: given here to each test using one of RABBIT_FIXTURES (directly or through another
+fixture), and by `pytestmark = pytest.mark.rabbit` in modules that reach it another way.
+`make test-fast` (`pytest -m "not rabbit"`) runs the rest in seconds, without RabbitMQ.
 """
 
 from __future__ import annotations
@@ -30,6 +33,17 @@ from bridge.config import LoadedConfig, Settings, TriggerSpec
 AMQP_BASE = os.environ.get("BRIDGE_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672")
 RABBITMQCTL = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
 ACTOR = '<<"bridge-tests">>'
+
+# The fixtures that reach RabbitMQ: a test that uses one of them, even through another fixture,
+# gets the marker `rabbit`.
+RABBIT_FIXTURES = frozenset({"vhost_pool", "amqp_url", "amqp", "bridge_factory"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if RABBIT_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.rabbit)
 
 
 def _erl_list(names: list[str]) -> str:

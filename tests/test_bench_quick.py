@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from benchmarks.run import quick
+
+pytestmark = pytest.mark.rabbit  # benchmarks.run makes its own vhost with rabbitmqctl
 
 
 def test_every_accepted_event_is_delivered_through_the_hot_path(capsys):

@@ -17,7 +17,16 @@ import pytest
 
 from tests.conftest import Received, Reply, eventually, queue_depth
 from tests.daemon import ROOT, Daemon
-from tests.test_dlq import batch, bridge_cli, cli_env, event_ids, json_lines, post_batch, summary
+from tests.helpers import (
+    batch,
+    bridge_cli,
+    cli_env,
+    depth_is,
+    event_ids,
+    json_lines,
+    post_batch,
+    summary,
+)
 
 QUEUE = "bridge.trigger.default.t"
 DLQ = "bridge.dlq.default.t"
@@ -55,10 +64,6 @@ async def post_one(url: str, event_id: str) -> None:
         assert r.status == 202, await r.text()
 
 
-async def _depth_is(amqp: Any, queue: str, depth: int) -> bool:
-    return await queue_depth(amqp, queue) == depth
-
-
 async def test_a_waiting_retry_survives_kill_9_of_the_daemon(amqp, daemons, subscriber_factory):
     sub = await subscriber_factory(script=[(503, {}, b""), (200, {}, b"")])
     spec = {
@@ -74,13 +79,13 @@ async def test_a_waiting_retry_survives_kill_9_of_the_daemon(amqp, daemons, subs
     await eventually(lambda: len(sub.received) == 1, what="the first attempt")
     # The retry waits in RabbitMQ, not in the daemon: the daemon holds nothing any more.
     await eventually(
-        lambda: _depth_is(amqp, "bridge.delay.2000", 1), what="the retry in its delay queue"
+        lambda: depth_is(amqp, "bridge.delay.2000", 1), what="the retry in its delay queue"
     )
     first.kill9()
     assert first.proc is not None
     assert first.proc.returncode == -signal.SIGKILL
     # With no daemon at all, the expired retry goes back to the trigger's queue by itself.
-    await eventually(lambda: _depth_is(amqp, QUEUE, 1), timeout=6, what="the retry back in line")
+    await eventually(lambda: depth_is(amqp, QUEUE, 1), timeout=6, what="the retry back in line")
     assert len(sub.received) == 1
 
     second = daemons([spec], "second")
@@ -89,7 +94,7 @@ async def test_a_waiting_retry_survives_kill_9_of_the_daemon(amqp, daemons, subs
     await eventually(lambda: len(sub.received) == 2, timeout=15, what="the retry after restart")
     assert sub.ids() == ["survivor", "survivor"]
     assert sub.received[1].at - sub.received[0].at >= 2.0 - 0.01
-    await eventually(lambda: _depth_is(amqp, QUEUE, 0), what="the event acknowledged")
+    await eventually(lambda: depth_is(amqp, QUEUE, 0), what="the event acknowledged")
     assert await queue_depth(amqp, DLQ) == 0
     await asyncio.sleep(0.3)
     assert len(sub.received) == 2
@@ -116,7 +121,7 @@ async def test_kill_9_in_the_middle_of_a_replay_loses_nothing(amqp, daemons, sub
     await daemon.wait_ready()
     ids = event_ids(M, "crash")
     await post_batch(daemon.url, batch(ids))
-    await eventually(lambda: _depth_is(amqp, DLQ, M), timeout=30, what=f"{M} dead letters")
+    await eventually(lambda: depth_is(amqp, DLQ, M), timeout=30, what=f"{M} dead letters")
     assert len(sub.received) == M
 
     phase["replaying"] = True
@@ -149,7 +154,7 @@ async def test_kill_9_in_the_middle_of_a_replay_loses_nothing(amqp, daemons, sub
     assert replay.returncode == -signal.SIGKILL
 
     # Let what was re-published reach the subscriber.
-    await eventually(lambda: _depth_is(amqp, QUEUE, 0), what="the trigger queue to drain")
+    await eventually(lambda: depth_is(amqp, QUEUE, 0), what="the trigger queue to drain")
     settled = -1
     while settled != len(sub.received):
         settled = len(sub.received)

@@ -4,9 +4,7 @@ that bridge itself produced (a batch POST to the ingress, a subscriber that fail
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,13 +13,12 @@ import orjson
 import pytest
 
 from tests.conftest import Received, Reply, Running, eventually, get_all, queue_depth, trigger
+from tests.helpers import batch, bridge_cli, depth_is, event_ids, json_lines, post_batch, summary
 
-ROOT = Path(__file__).resolve().parent.parent
 N = 300
-SUMMARY = re.compile(r"^summary: (replayed|would replay) (\d+), skipped (\d+), failed (\d+)$", re.M)
 
 
-# --- helpers shared with test_crash.py -------------------------------------------------------
+# --- helpers ---------------------------------------------------------------------------------
 
 
 def toml_string(value: str) -> str:
@@ -63,76 +60,6 @@ def write_config(
     return path
 
 
-def cli_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-
-
-async def bridge_cli(config: Path, *args: str, timeout: float = 60) -> tuple[int, str, str]:
-    """Run `python -m bridge <args> --config <config>`; (exit code, stdout, stderr)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bridge",
-        *args,
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-        env=cli_env(),
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.communicate()
-        raise
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-def batch(ids: list[str], type_of: Callable[[int], str] = lambda i: "dl.a") -> bytes:
-    return orjson.dumps(
-        [
-            {
-                "specversion": "1.0",
-                "id": event_id,
-                "source": "test",
-                "type": type_of(i),
-                "datacontenttype": "application/json",
-                "data": {"i": i},
-            }
-            for i, event_id in enumerate(ids)
-        ]
-    )
-
-
-async def post_batch(url: str, body: bytes) -> None:
-    import aiohttp
-
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            url, data=body, headers={"content-type": "application/cloudevents-batch+json"}
-        ) as r,
-    ):
-        assert r.status == 202, await r.text()
-
-
-def event_ids(n: int, prefix: str = "dl") -> list[str]:
-    return [f"{prefix}-{i:04d}" for i in range(n)]
-
-
-def summary(out: str) -> tuple[str, int, int, int]:
-    match = SUMMARY.search(out)
-    assert match is not None, out
-    return match.group(1), int(match.group(2)), int(match.group(3)), int(match.group(4))
-
-
-def json_lines(out: str) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in out.splitlines()]
-
-
 def header_text(message: Any, name: str) -> str | None:
     value = (message.header.properties.headers or {}).get(name)
     if value is None:
@@ -141,10 +68,6 @@ def header_text(message: Any, name: str) -> str | None:
 
 
 # --- set-up ----------------------------------------------------------------------------------
-
-
-async def _depth_is(amqp: Any, queue: str, depth: int) -> bool:
-    return await queue_depth(amqp, queue) == depth
 
 
 async def dead_lettered(
@@ -157,7 +80,7 @@ async def dead_lettered(
     await post_batch(running.url, batch(ids, type_of))
     for queue in queues:
         await eventually(
-            lambda q=queue: _depth_is(amqp, q, len(ids)),
+            lambda q=queue: depth_is(amqp, q, len(ids)),
             timeout=20,
             what=f"{len(ids)} dead letters in {queue}",
         )

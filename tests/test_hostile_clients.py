@@ -23,7 +23,7 @@ import pytest
 
 from bridge.http import server as http_server
 from tests.conftest import eventually, get_all, queue_depth, trigger
-from tests.test_ingress import (
+from tests.helpers import (
     CATCH_ALL,
     STRUCTURED,
     UNMATCHED,

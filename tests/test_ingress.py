@@ -14,7 +14,6 @@ import contextlib
 import json
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,24 +22,27 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RABBITMQCTL, eventually, get_all, queue_depth, trigger
+from tests.helpers import (
+    CATCH_ALL,
+    DEFAULT_PATH,
+    NOWHERE,
+    STRUCTURED,
+    UNMATCHED,
+    RawResponse,
+    close_writer,
+    error_of,
+    host_port,
+    start,
+    stored,
+    valid_event,
+)
 
 DATA = Path(__file__).parent / "data"
 DEFAULT_BROKER = "default/eventbridge-default-broker"
-DEFAULT_PATH = "/default/eventbridge-default-broker"
-CATCH_ALL = "bridge.trigger.default.catch-all"
-UNMATCHED = "bridge.unmatched.default.eventbridge-default-broker"
-NOWHERE = "http://127.0.0.1:9/"  # never called: role "ingress" does not deliver
-STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def valid_event(**overrides: Any) -> dict[str, Any]:
-    event: dict[str, Any] = {"specversion": "1.0", "id": "e-1", "source": "test", "type": "t"}
-    event.update(overrides)
-    return {k: v for k, v in event.items() if v is not ...}
 
 
 def binary_headers(**overrides: str | None) -> dict[str, str]:
@@ -52,26 +54,6 @@ def binary_headers(**overrides: str | None) -> dict[str, str]:
     }
     headers.update(overrides)
     return {k: v for k, v in headers.items() if v is not None}
-
-
-async def start(bridge_factory: Any, **kwargs: Any) -> Any:
-    """bridge (role ingress) with one catch-all trigger on the default broker."""
-    triggers = kwargs.pop("triggers", [trigger("catch-all", NOWHERE)])
-    return await bridge_factory(triggers=triggers, role="ingress", **kwargs)
-
-
-def error_of(body: bytes) -> str:
-    """A 4xx/5xx body: exactly `{"error": "<sentence>"}`."""
-    doc = json.loads(body)
-    assert isinstance(doc, dict), body
-    assert list(doc) == ["error"], body
-    assert isinstance(doc["error"], str), body
-    assert doc["error"].strip(), body
-    return doc["error"]
-
-
-async def stored(amqp: Any, *queues: str) -> int:
-    return sum([await queue_depth(amqp, q) for q in queues])
 
 
 async def admin_get(running: Any, path: str) -> tuple[int, dict[str, str], bytes]:
@@ -96,13 +78,6 @@ async def metrics_text(running: Any) -> str:
     return body.decode()
 
 
-@dataclass
-class RawResponse:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
 def parse_response(data: bytes) -> RawResponse:
     head, sep, body = data.partition(b"\r\n\r\n")
     assert sep, f"no complete HTTP response in {data[:200]!r}"
@@ -114,17 +89,6 @@ def parse_response(data: bytes) -> RawResponse:
         headers[name.strip().lower()] = value.strip()
     length = int(headers.get("content-length", len(body)))
     return RawResponse(status, headers, body[:length])
-
-
-def host_port(url: str) -> tuple[str, int]:
-    host, _, port = url.split("//", 1)[1].rstrip("/").partition(":")
-    return host, int(port)
-
-
-async def close_writer(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(ConnectionError):
-        await writer.wait_closed()
 
 
 async def raw_exchange(url: str, request: bytes, timeout: float = 5.0) -> RawResponse:

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import queue_depth
-from tests.test_ingress import (
+from tests.helpers import (
     CATCH_ALL,
     DEFAULT_PATH,
     STRUCTURED,

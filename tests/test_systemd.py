@@ -1,4 +1,4 @@
-"""Unit tests for bridge.redact, bridge.names and bridge.systemd (against a real datagram socket)."""
+"""bridge.systemd: the sd_notify protocol, against a real AF_UNIX datagram socket."""
 
 from __future__ import annotations
 
@@ -10,107 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import names
-from bridge.redact import redact_text, redact_url
 from bridge.systemd import Notifier
-
-# --- redact ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("url", "redacted"),
-    [
-        ("amqp://guest:guest@127.0.0.1:5672/%2F", "amqp://guest:***@127.0.0.1:5672/%2F"),
-        ("amqps://user:s3cr3t@mq.example/vhost", "amqps://user:***@mq.example/vhost"),
-        ("http://u:p%40ss@host:8080/path?q=1#f", "http://u:***@host:8080/path?q=1#f"),
-        ("http://u:p@ss@host/", "http://u:***@host/"),
-        ("http://:onlypass@host/", "http://:***@host/"),
-        ("http://user@host/", "http://user@host/"),
-        ("http://host:8080/", "http://host:8080/"),
-        ("http://127.0.0.1:8081/", "http://127.0.0.1:8081/"),
-        ("not a url", "not a url"),
-        ("", ""),
-    ],
-)
-def test_redact_url(url: str, redacted: str) -> None:
-    assert redact_url(url) == redacted
-
-
-def test_redact_url_that_cannot_be_parsed_still_hides_the_password() -> None:
-    # urlsplit refuses an unclosed IPv6 bracket: the text rules apply instead
-    assert redact_url("amqp://u:secret@[::1/") == "amqp://u:***@[::1/"
-
-
-@pytest.mark.parametrize(
-    ("text", "redacted"),
-    [
-        (
-            "cannot connect to amqp://guest:hunter2@mq:5672/: refused",
-            "cannot connect to amqp://guest:***@mq:5672/: refused",
-        ),
-        ("Authorization: Bearer abc.def-123", "Authorization: Bearer ***"),
-        ("authorization: bearer abc; next", "authorization: bearer ***; next"),
-        ('{"auth": "Bearer tok"}', '{"auth": "Bearer ***"}'),
-        (
-            "a http://x:1@h/ and https://y:2@k/",
-            "a http://x:***@h/ and https://y:***@k/",
-        ),
-        ("nothing secret here: http://host:8080/", "nothing secret here: http://host:8080/"),
-    ],
-)
-def test_redact_text(text: str, redacted: str) -> None:
-    assert redact_text(text) == redacted
-
-
-def test_redact_text_removes_given_secrets() -> None:
-    text = "token tok-123 was refused; tok-123 again; other stays"
-    assert redact_text(text, ("tok-123", "")) == "token *** was refused; *** again; other stays"
-    assert redact_text("abc", ("",)) == "abc"  # an empty secret redacts nothing
-
-
-# --- names ----------------------------------------------------------------------------------
-
-
-def test_names_are_derived_from_keys() -> None:
-    assert names.broker_exchange("default/eventbridge-default-broker") == (
-        "bridge.broker.default.eventbridge-default-broker"
-    )
-    assert names.unmatched("default/b") == "bridge.unmatched.default.b"
-    assert names.trigger_queue("default/my-service-trigger") == (
-        "bridge.trigger.default.my-service-trigger"
-    )
-    assert names.dead_letter_queue("team/t") == "bridge.dlq.team.t"
-    assert names.sink_queue("team/t") == "bridge.dls.team.t"
-    assert names.delay_queue(200) == "bridge.delay.200"
-    assert names.RETRY_EXCHANGE == "bridge.retry"
-    assert names.CATALOG == "bridge.catalog"
-
-
-def test_names_of_different_triggers_never_collide() -> None:
-    keys = ["a/b", "b/a", "a/a", "default/x", "x/default"]
-    queues = [
-        f(k) for k in keys for f in (names.trigger_queue, names.dead_letter_queue, names.sink_queue)
-    ]
-    assert len(set(queues)) == len(queues)
-
-
-def test_bridge_headers_are_not_cloudevents_attributes() -> None:
-    own = [
-        names.ROUTE,
-        names.ATTEMPTS,
-        names.RECEIVED,
-        names.TRIGGER,
-        names.FIRST_FAILURE,
-        names.LAST_FAILURE,
-        names.LAST_ERROR,
-        names.LAST_STATUS,
-        names.DEAD_LETTERED,
-    ]
-    assert len(set(own)) == len(own)
-    assert all(h.startswith("bridge-") and not h.startswith("ce-") for h in own)
-
-
-# --- systemd notify -------------------------------------------------------------------------
 
 
 @pytest.fixture
