@@ -190,10 +190,10 @@ spec:
             "not an absolute http(s) URL",
         ),
         (
-            "[[triggers]]\nname = 't'\nsubscriber.uri = 'http://h/'\nfilters = [{ cesql = \"type = 'x'\" }]\n",
+            "[[triggers]]\nname = 't'\nsubscriber.uri = 'http://h/'\nfilters = [{ cesql = \"type = \" }]\n",
             None,
             "triggers[0].filters[0].cesql",
-            "not supported",
+            "unexpected end of the expression",
         ),
         (
             "triggers_path = 'triggers.yaml'\n",

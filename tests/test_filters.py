@@ -385,8 +385,8 @@ def test_description(
 @pytest.mark.parametrize(
     ("filters", "where", "problem"),
     [
-        ([{"cesql": "type = 'a'"}], "t.filters[0].cesql", "CESQL filters are not supported"),
-        ([{"any": [{"cesql": "x"}]}], "t.filters[0].any[0].cesql", "not supported"),
+        ([{"cesql": "type = = 'a'"}], "t.filters[0].cesql", "at line 1, column 8"),
+        ([{"any": [{"cesql": "x"}]}], "t.filters[0].any[0].cesql", "not a Boolean"),
         ([{"regex": {"type": "a.*"}}], "t.filters[0]", "unknown filter dialect 'regex'"),
         ([{"exact": {"type": "a"}, "prefix": {"type": "b"}}], "t.filters[0]", "exactly one"),
         ([{}], "t.filters[0]", "exactly one"),

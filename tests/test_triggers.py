@@ -313,7 +313,7 @@ def test_bad_subscriber_and_sink_name_the_trigger_and_field() -> None:
 
 def test_bad_filter_names_the_trigger() -> None:
     with pytest.raises(ConfigError) as info:
-        build_routes(loaded([spec("a", filters=[{"cesql": "type = 'x'"}])]))
+        build_routes(loaded([spec("a", filters=[{"cesql": "type = "}])]))
     assert str(info.value).startswith("test.toml: triggers[0].filters[0].cesql: ")
 
 

@@ -5,8 +5,9 @@ Two dialects, as in Knative:
   present with any value; a value with commas lists alternatives (`type: 'a,b'` matches a or b).
 - `filters`: a list (all must hold) of expressions, each a mapping with one dialect name. When
   present it overrides `filter`. Each dialect is a function registered by name in `registry.py`:
-  `exact`, `prefix`, `suffix` (`matching.py`), `all`, `any`, `not` (`logical.py`); `cesql` is
-  refused at load time. A new dialect is one function plus one `register(name, function)`.
+  `exact`, `prefix`, `suffix` (`matching.py`), `all`, `any`, `not` (`logical.py`), `cesql`
+  (`cesql.py`: CloudEvents SQL v1.0.0, parsed and compiled once, at load time). A new dialect is
+  one function plus one `register(name, function)`.
 
 Matching is case-sensitive and works on the attributes' canonical string form. RabbitMQ does the
 filtering it can (exact values, alternatives as several bindings); a trigger whose filter it cannot
@@ -29,6 +30,7 @@ from bridge.filters.base import (
     describe_pairs,
     string_pairs,
 )
+from bridge.filters.cesql import compile_cesql
 from bridge.filters.logical import compile_all, compile_any, compile_not
 from bridge.filters.matching import compile_exact, compile_prefix, compile_suffix
 from bridge.filters.registry import compile_filters, refuse, register, unregister
@@ -56,7 +58,7 @@ register("suffix", compile_suffix)
 register("all", compile_all)
 register("any", compile_any)
 register("not", compile_not)
-refuse("cesql", "CESQL filters are not supported by bridge.")
+register("cesql", compile_cesql)
 
 
 def compile_trigger_filter(

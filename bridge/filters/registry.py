@@ -2,8 +2,9 @@
 
 A dialect is one function `(argument, where) -> Expression` plus one `register(name, function)`.
 `where` is the expression's path ending in the dialect name (`trigger.filters[0].prefix`), the
-prefix of every ConfigError the function raises. A refused dialect (`cesql`) is named with its
-reason so that it fails at load time with that reason rather than as an unknown dialect.
+prefix of every ConfigError the function raises. A refused dialect (`refuse(name, reason)`) is
+named with its reason so that it fails at load time with that reason rather than as an unknown
+dialect.
 """
 
 from __future__ import annotations
