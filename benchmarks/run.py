@@ -49,12 +49,14 @@ class Scenario:
     matching: int = 1  # how many of the triggers match each event (fan-out)
     pad: int = 0
     tracing: float | None = None
+    cesql: bool = False  # the triggers' filters written in CESQL instead of filter.attributes
 
 
 SCENARIOS = [
     Scenario("floor 1KB", "floor"),
     Scenario("bridge 1 trigger 1KB", "bridge"),
     Scenario("bridge 20 disjoint triggers", "bridge", triggers=20, matching=1),
+    Scenario("bridge 20 disjoint cesql triggers", "bridge", triggers=20, matching=1, cesql=True),
     Scenario("bridge fan-out x5", "bridge", triggers=5, matching=5),
     Scenario("bridge tracing 0.1", "bridge", tracing=0.1),
     Scenario("bridge tracing 1.0", "bridge", tracing=1.0),
@@ -144,10 +146,13 @@ def bridge_config(
         )
     for i in range(scenario.triggers):
         event_type = "oss:ObjectCreated:PutObject" if i < scenario.matching else f"bench:other:{i}"
+        if scenario.cesql:
+            match = f"filters = [{{ cesql = \"source = 'acs.oss' AND type = '{event_type}'\" }}]"
+        else:
+            match = f'filter.attributes = {{ source = "acs.oss", type = "{event_type}" }}'
         lines.append(
             f'[[triggers]]\nname = "bench-{i}"\nbroker = "eventbridge-default-broker"\n'
-            f'filter.attributes = {{ source = "acs.oss", type = "{event_type}" }}\n'
-            f'subscriber.uri = "{sink}"'
+            f'{match}\nsubscriber.uri = "{sink}"'
         )
     return "\n\n".join(lines) + "\n"
 
