@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Literal
 
 from aiormq.abc import AbstractConnection
@@ -87,8 +88,12 @@ class App:
         role: Role,
         config_path: str | None = None,
         span_processor: SpanProcessor | None = None,
+        worker_admin_file: str | None = None,
     ) -> None:
         self.loaded = loaded
+        # A worker of `bridge run --workers N`: the ingress port is shared (SO_REUSEPORT) and
+        # the admin port, an ephemeral one, is written to this file for the supervisor.
+        self.worker_admin_file = worker_admin_file
         self.settings = loaded.settings
         self.role = role
         self.config_path = config_path
@@ -188,6 +193,8 @@ class App:
         self.tracing.start()
         self.admin_server = HTTPServer(Admin(self), settings.admin.host, settings.admin.port)
         await self.admin_server.start()
+        if self.worker_admin_file is not None:
+            self._report_admin_port(self.worker_admin_file, self.admin_server.port)
         self.link.start()
         if self.role in ("all", "ingress"):
             ingress = settings.ingress
@@ -207,6 +214,7 @@ class App:
                 idle_timeout=ingress.idle_timeout.total_seconds(),
                 request_timeout=ingress.request_timeout.total_seconds(),
                 max_connections=ingress.max_connections or None,
+                reuse_port=self.worker_admin_file is not None,
             )
             await self.ingress_server.start()
         proxies = proxy_variables() if self.role in ("all", "dispatcher") else []
@@ -230,6 +238,14 @@ class App:
             self.admin_server.port,
             len(self.routes.triggers),
         )
+
+    @staticmethod
+    def _report_admin_port(path: str, port: int) -> None:
+        """Tell the supervisor where this worker's admin listener is (written whole, then
+        renamed, so the supervisor never reads half a number)."""
+        partial = Path(path + ".partial")
+        partial.write_text(str(port))
+        partial.replace(path)
 
     async def _report_ready(self) -> None:
         """Tell systemd (READY=1, WATCHDOG=1) once ready, and keep the watchdog fed."""
@@ -390,11 +406,14 @@ class App:
 
 
 async def run_daemon(
-    config_path: str | None, role: Role, on_started: Callable[[App], None] | None = None
+    config_path: str | None,
+    role: Role,
+    on_started: Callable[[App], None] | None = None,
+    worker_admin_file: str | None = None,
 ) -> int:
     loaded = load_config(config_path)
     raise_open_file_limit()
-    app = App(loaded, role, config_path)
+    app = App(loaded, role, config_path, worker_admin_file=worker_admin_file)
     if on_started is not None:
         on_started(app)
     return await app.run()

@@ -59,6 +59,7 @@ class Daemon:
         env: dict[str, str] | None = None,
         role: str = "all",
         name: str = "bridge",
+        args: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
         self.admin = free_port()
@@ -69,6 +70,7 @@ class Daemon:
         self.extra = extra
         self.env = env or {}
         self.role = role
+        self.args = args  # more `bridge run` options, e.g. ("--workers", "2")
         self.proc: subprocess.Popen[bytes] | None = None
         self.write_config(triggers)
 
@@ -97,6 +99,7 @@ class Daemon:
                     str(self.config),
                     "--role",
                     self.role,
+                    *self.args,
                 ],
                 cwd=ROOT,
                 stdout=log,

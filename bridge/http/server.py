@@ -635,10 +635,13 @@ class HTTPServer:
         idle_timeout: float = 75.0,
         request_timeout: float = 60.0,
         max_connections: int | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.handler = handler
         self.host = host
         self.port = port
+        # Several processes (`bridge run --workers N`) listen on the same port.
+        self.reuse_port = reuse_port
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
         self.max_connections = (
@@ -669,7 +672,12 @@ class HTTPServer:
 
     async def start(self) -> None:
         self._server = await self.loop.create_server(
-            lambda: _Connection(self), self.host, self.port, reuse_address=True, backlog=1024
+            lambda: _Connection(self),
+            self.host,
+            self.port,
+            reuse_address=True,
+            reuse_port=self.reuse_port or None,
+            backlog=1024,
         )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
