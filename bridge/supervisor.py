@@ -33,8 +33,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridge.admin import Admin
 from bridge.config import Settings
-from bridge.http.server import Handler, HTTPServer, Request, Response, json_error
+from bridge.http.server import HTTPServer
 from bridge.systemd import Notifier
 
 log = logging.getLogger("bridge")
@@ -83,30 +84,6 @@ class Worker:
             with contextlib.suppress(OSError, ValueError):
                 self.admin_port = int(self.admin_file.read_text().strip())
         return self.admin_port
-
-
-class SupervisorAdmin(Handler):
-    """The admin listener of the supervisor: health of the group, merged metrics."""
-
-    def __init__(self, supervisor: Supervisor) -> None:
-        self.supervisor = supervisor
-        self.max_body = 0
-
-    async def handle(self, request: Request) -> Response:
-        if request.method not in ("GET", "HEAD"):
-            return json_error(405, f"{request.method} is not allowed here; use GET.")
-        json_type = [("content-type", "application/json")]
-        if request.path == "/healthz":
-            return Response(200, b'{"status":"ok"}', json_type)
-        if request.path == "/readyz":
-            problem = await self.supervisor.not_ready_reason()
-            if problem is None:
-                return Response(200, b'{"status":"ready"}', json_type)
-            return json_error(503, problem)
-        if request.path == "/metrics":
-            body = await self.supervisor.metrics()
-            return Response(200, body, [("content-type", "text/plain; version=0.0.4")])
-        return json_error(404, f"no such admin endpoint {request.path[:100]!r}; try /healthz.")
 
 
 class Supervisor:
@@ -211,6 +188,11 @@ class Supervisor:
                 return f"worker {worker.index} is not ready: {reason}"
         return None
 
+    async def exposition(self, openmetrics: bool) -> tuple[bytes, str]:
+        """The workers' metrics merged, in the Prometheus text format (the merge does not keep
+        OpenMetrics exemplars, so that format is not offered)."""
+        return await self.metrics(), "text/plain; version=0.0.4; charset=utf-8"
+
     async def metrics(self) -> bytes:
         texts = []
         for worker in self.workers:
@@ -236,7 +218,9 @@ class Supervisor:
     # -- running --
     async def run(self) -> int:
         admin = self.settings.admin
-        self._admin = HTTPServer(SupervisorAdmin(self), admin.host, admin.port)
+        self._admin = HTTPServer(
+            Admin(self.not_ready_reason, self.exposition), admin.host, admin.port
+        )
         await self._admin.start()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
