@@ -49,15 +49,21 @@ class Scenario:
     matching: int = 1  # how many of the triggers match each event (fan-out)
     pad: int = 0
     tracing: float | None = None
+    archive: bool = False  # [[archives]] for the broker: every event also appended to a stream
     cesql: bool = False  # the triggers' filters written in CESQL instead of filter.attributes
+    workers: int = 1  # bridge run --workers N
+    backlog: int = 0  # messages waiting for a trigger whose subscriber is down (refuses)
 
 
 SCENARIOS = [
     Scenario("floor 1KB", "floor"),
     Scenario("bridge 1 trigger 1KB", "bridge"),
+    Scenario("bridge 1 trigger 1KB + archive", "bridge", archive=True),
     Scenario("bridge 20 disjoint triggers", "bridge", triggers=20, matching=1),
     Scenario("bridge 20 disjoint cesql triggers", "bridge", triggers=20, matching=1, cesql=True),
     Scenario("bridge fan-out x5", "bridge", triggers=5, matching=5),
+    Scenario("bridge backlog 100k down subscriber", "bridge", backlog=100_000),
+    Scenario("bridge --workers 2", "bridge", workers=2),
     Scenario("bridge tracing 0.1", "bridge", tracing=0.1),
     Scenario("bridge tracing 1.0", "bridge", tracing=1.0),
     Scenario("floor 64KB", "floor", pad=64 * 1024),
@@ -78,6 +84,8 @@ class Result:
     e2e_p50_ms: float | None = None
     e2e_p99_ms: float | None = None
     cpu_ms_per_1k: float | None = None
+    mq_ms_per_1k: float | None = None  # RabbitMQ's (beam.smp) CPU per 1,000 deliveries
+    total_ms_per_1k: float | None = None  # system under test + RabbitMQ + sink
     peak_rss_mb: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -118,13 +126,44 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """CPU seconds of `pid` and its live descendants (a supervisor and its workers)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    total = (int(fields[11]) + int(fields[12])) / ticks
+    for child in children(pid):
+        total += cpu_seconds(child)
+    return total
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def rabbitmq_pid() -> int | None:
+    """The local RabbitMQ node's Erlang VM (beam.smp), whose CPU counts too."""
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (proc / "comm").read_text().strip() == "beam.smp":
+                    cmdline = (proc / "cmdline").read_bytes()
+                    if b"rabbit" in cmdline:
+                        return int(proc.name)
+    return None
 
 
 def peak_rss_mb(pid: int) -> float | None:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return None
@@ -144,6 +183,14 @@ def bridge_config(
             '[tracing]\nenabled = true\nprotocol = "http/protobuf"\n'
             f'endpoint = "http://127.0.0.1:{otlp}"\nsample_ratio = {scenario.tracing}'
         )
+    if scenario.backlog:
+        lines.append(
+            '[[triggers]]\nname = "down"\nbroker = "eventbridge-default-broker"\n'
+            'filter.attributes = { source = "acs.oss", type = "bench:down" }\n'
+            f'subscriber.uri = "http://127.0.0.1:{free_port()}/"'
+        )
+    if scenario.archive:
+        lines.append('[[archives]]\nbroker = "default/eventbridge-default-broker"')
     for i in range(scenario.triggers):
         event_type = "oss:ObjectCreated:PutObject" if i < scenario.matching else f"bench:other:{i}"
         if scenario.cesql:
@@ -169,6 +216,7 @@ class Stack:
         self.admin = free_port()
         self.otlp = free_port()
         self.system_pid = 0
+        self.amqp = ""
 
     def _spawn(self, args: list[str], **kw: Any) -> subprocess.Popen[bytes]:
         # Logs go to a file: an unread pipe would fill up and block the process under test.
@@ -189,10 +237,14 @@ class Stack:
             proc = self._spawn([PY, str(script), str(self.port), sink])
         else:
             config = self.workdir / "bench.toml"
+            self.amqp = fresh_vhost()
             config.write_text(
-                bridge_config(self.scenario, fresh_vhost(), self.port, self.admin, sink, self.otlp)
+                bridge_config(self.scenario, self.amqp, self.port, self.admin, sink, self.otlp)
             )
-            proc = self._spawn([PY, "-m", "bridge", "run", "--config", str(config)])
+            command = [PY, "-m", "bridge", "run", "--config", str(config)]
+            if self.scenario.workers > 1:
+                command += ["--workers", str(self.scenario.workers)]
+            proc = self._spawn(command)
         self.system_pid = proc.pid
         wait_http(sink)
         if self.scenario.system == "bridge":
@@ -257,9 +309,49 @@ def parse_ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
+def fill_backlog(amqp: str, count: int) -> None:
+    """`count` OSS events straight into the down trigger's queue, confirmed."""
+
+    async def fill() -> None:
+        import aiormq
+
+        connection = await aiormq.connect(amqp)
+        channel = await connection.channel(publisher_confirms=True)
+        body = b'{"bucket":"knative","key":"demo.data","pad":"' + b"x" * 900 + b'"}'
+        headers: dict[str, Any] = {
+            "ce-specversion": "1.0",
+            "ce-source": "acs.oss",
+            "ce-type": "bench:down",
+            "bridge-received": int(time.time() * 1000),
+        }
+        properties = aiormq.spec.Basic.Properties
+        for start in range(0, count, 1000):
+            await asyncio.gather(
+                *(
+                    channel.basic_publish(
+                        body,
+                        routing_key="bridge.trigger.default.down",
+                        properties=properties(
+                            delivery_mode=2,
+                            content_type="application/json",
+                            headers={**headers, "ce-id": f"backlog-{i}"},
+                        ),
+                    )
+                    for i in range(start, min(count, start + 1000))
+                )
+            )
+        await connection.close()
+
+    asyncio.run(fill())
+
+
 def throughput(stack: Stack, seconds: int, conns: int, result: Result) -> None:
     http_json(stack.sink, "DELETE")
+    mq = rabbitmq_pid()
+    sink_pid = stack.procs[0].pid
     cpu0 = cpu_seconds(stack.system_pid)
+    mq0 = cpu_seconds(mq) if mq else 0.0
+    sink0 = cpu_seconds(sink_pid)
     t0 = time.time()
     env = {**os.environ, "PAD": str(stack.scenario.pad)}
     out = subprocess.run(
@@ -286,11 +378,19 @@ def throughput(stack: Stack, seconds: int, conns: int, result: Result) -> None:
     expected = result.accepted * stack.scenario.matching
     state = wait_delivered(stack.sink, expected)
     cpu1 = cpu_seconds(stack.system_pid)
+    mq1 = cpu_seconds(mq) if mq else 0.0
+    sink1 = cpu_seconds(sink_pid)
     result.delivered = state["count"]
     if result.delivered:
+        per_1k = 1000 / (result.delivered / 1000)
         result.e2e_eps = result.delivered / max(1e-6, state["last"] - t0)
-        result.cpu_ms_per_1k = (cpu1 - cpu0) * 1000 / (result.delivered / 1000)
-    result.peak_rss_mb = peak_rss_mb(stack.system_pid)
+        result.cpu_ms_per_1k = (cpu1 - cpu0) * per_1k
+        if mq:
+            result.mq_ms_per_1k = (mq1 - mq0) * per_1k
+        result.total_ms_per_1k = (cpu1 - cpu0 + mq1 - mq0 + sink1 - sink0) * per_1k
+    # The largest process: bridge itself, or its biggest worker under --workers.
+    rss = [peak_rss_mb(p) for p in [stack.system_pid, *children(stack.system_pid)]]
+    result.peak_rss_mb = max((r for r in rss if r is not None), default=None)
 
 
 def latency(stack: Stack, rate: int, seconds: int, result: Result) -> None:
@@ -313,6 +413,8 @@ def measure(scenario: Scenario, args: argparse.Namespace) -> Result:
         stack = Stack(scenario, Path(tmp))
         try:
             stack.start()
+            if scenario.backlog:
+                fill_backlog(stack.amqp, scenario.backlog)
             throughput(stack, args.seconds, args.conns, result)
             latency(stack, args.rate, args.latency_seconds, result)
         finally:
@@ -333,6 +435,8 @@ def median_result(results: list[Result]) -> Result:
         "e2e_p50_ms",
         "e2e_p99_ms",
         "cpu_ms_per_1k",
+        "mq_ms_per_1k",
+        "total_ms_per_1k",
         "peak_rss_mb",
     ):
         values = [getattr(r, name) for r in results if getattr(r, name) is not None]
@@ -351,7 +455,7 @@ def table(results: dict[str, Result]) -> str:
     head = (
         f"{'scenario':30} {'accepted':>9} {'delivered':>9} {'ingress/s':>9} {'e2e/s':>8} "
         f"{'x floor':>7} {'wrk p99':>8} {'in p50':>7} {'in p99':>7} {'e2e p50':>8} "
-        f"{'e2e p99':>8} {'cpu/1k':>7} {'rss MB':>7}"
+        f"{'e2e p99':>8} {'cpu/1k':>7} {'mq/1k':>6} {'total/1k':>8} {'rss MB':>7}"
     )
     lines = [head, "-" * len(head)]
     for name, r in results.items():
@@ -362,12 +466,13 @@ def table(results: dict[str, Result]) -> str:
             f"{fmt(r.e2e_eps):>8} {fmt(ratio, 2):>7} {fmt(r.wrk_p99_ms, 1):>8} "
             f"{fmt(r.ingress_p50_ms, 1):>7} {fmt(r.ingress_p99_ms, 1):>7} "
             f"{fmt(r.e2e_p50_ms, 1):>8} {fmt(r.e2e_p99_ms, 1):>8} {fmt(r.cpu_ms_per_1k):>7} "
-            f"{fmt(r.peak_rss_mb):>7}"
+            f"{fmt(r.mq_ms_per_1k):>6} {fmt(r.total_ms_per_1k):>8} {fmt(r.peak_rss_mb):>7}"
         )
     lines.append(
         "latencies in ms; in = ingress (HTTP answer), e2e = send to delivery, at the fixed rate; "
-        "wrk p99 under saturation; cpu/1k = CPU ms of the bridge (or floor) process per 1,000 "
-        "deliveries; x floor = e2e/s over the floor's e2e/s (same event size) in this run"
+        "wrk p99 under saturation; cpu/1k = CPU ms of the bridge (or floor) processes per 1,000 "
+        "deliveries; mq/1k = RabbitMQ's (beam.smp); total/1k = bridge (or floor) + RabbitMQ + "
+        "sink; x floor = e2e/s over the floor's e2e/s (same event size) in this run"
     )
     return "\n".join(lines)
 

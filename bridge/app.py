@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
-from aiormq.abc import AbstractConnection
 from opentelemetry.sdk.trace import SpanProcessor
 
 from bridge import names
@@ -27,6 +26,8 @@ from bridge.amqp.connection import SETUP_ERRORS, AMQPLink
 from bridge.amqp.consumer import QueueConsumer
 from bridge.amqp.publisher import Publisher
 from bridge.amqp.topology import Declarer
+from bridge.amqp.wire import Connection
+from bridge.archive import archive_streams
 from bridge.config import LoadedConfig
 from bridge.config import load as load_config
 from bridge.descriptors import DescriptorWatch, raise_open_file_limit
@@ -115,7 +116,12 @@ class App:
             max_delay=rabbit.reconnect_max_delay.total_seconds(),
             on_state=lambda up: self.metrics.rabbitmq_connected.set(1 if up else 0),
         )
-        self.declarer = Declarer(self.routes, rabbit.queue_type, rabbit.unmatched_max_length)
+        self.declarer = Declarer(
+            self.routes,
+            rabbit.queue_type,
+            rabbit.unmatched_max_length,
+            archive_streams(loaded, self.routes),
+        )
         self.publisher = Publisher(
             self.link, rabbit.publish_timeout.total_seconds(), rabbit.queue_type
         )
@@ -274,7 +280,7 @@ class App:
             except SETUP_ERRORS as exc:
                 log.debug("polling queue depths failed: %s", exc)
 
-    async def _queue_depths(self, conn: AbstractConnection) -> None:
+    async def _queue_depths(self, conn: Connection) -> None:
         queues: dict[str, tuple[str, str]] = {}
         for trigger in self.routes.triggers:
             queues[trigger.queue] = ("trigger", trigger.key)
@@ -343,6 +349,7 @@ class App:
         try:
             loaded = load_config(self.config_path)
             routes = build_routes(loaded)
+            archives = archive_streams(loaded, routes)
         except BridgeError as exc:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return False
@@ -355,7 +362,7 @@ class App:
         try:
             # Removed or changed triggers lose their old bindings; removed triggers' queues are
             # kept until `bridge topology prune --yes`.
-            await self.declarer.apply(conn, routes)
+            await self.declarer.apply(conn, routes, archives)
         except SETUP_ERRORS as exc:
             log.error("reload failed while declaring topology: %s", exc)
             return False
@@ -372,7 +379,7 @@ class App:
         old: dict[str, Trigger],
         new: dict[str, Trigger],
         routes: Routes,
-        conn: AbstractConnection,
+        conn: Connection,
     ) -> None:
         budget = self.settings.lifecycle.drain_timeout.total_seconds()
         for key in old.keys() - new.keys():

@@ -261,6 +261,53 @@ class TriggerSpec(_Strict):
         return _dns_label("name", value)
 
 
+def _whole_seconds(value: timedelta) -> timedelta:
+    if value.total_seconds() != int(value.total_seconds()):
+        raise ValueError("must be whole seconds (RabbitMQ keeps a stream's age to the second)")
+    return value
+
+
+class ArchiveSpec(_Strict):
+    """The archive of one broker: a RabbitMQ stream that keeps every event the broker accepted.
+
+    `max_age` is ISO-8601 (or seconds; a year counts 365 days, a month 30) and becomes the
+    stream's `x-max-age`; `PT0S` means no age limit. `max_bytes` (0: no size limit) becomes
+    `x-max-length-bytes`, `segment_bytes` `x-stream-max-segment-size-bytes`: RabbitMQ applies
+    both limits by deleting whole segments, so a smaller segment makes retention more exact.
+    """
+
+    broker: str  # namespace/name
+    enabled: bool = True
+    max_age: Annotated[Duration, AfterValidator(_whole_seconds)] = timedelta(days=7)
+    max_bytes: int = Field(0, ge=0)
+    segment_bytes: int = Field(50_000_000, ge=1_000_000)
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_key(cls, value: str) -> str:
+        namespace, sep, name = value.partition("/")
+        if not sep:
+            raise ValueError(f"broker {value!r} must be written namespace/name")
+        _dns_label("namespace", namespace)
+        _dns_label("broker name", name)
+        return value
+
+
+def _one_archive_per_broker(archives: list[ArchiveSpec]) -> list[ArchiveSpec]:
+    seen: set[str] = set()
+    for index, archive in enumerate(archives):
+        if archive.broker in seen:
+            raise ValueError(
+                f"archives[{index}] is a second archive of the broker {archive.broker} "
+                "(a broker has at most one)"
+            )
+        seen.add(archive.broker)
+    return archives
+
+
+Archives = Annotated[list[ArchiveSpec], AfterValidator(_one_archive_per_broker)]
+
+
 class Settings(BaseSettings):
     """The whole configuration. Precedence: environment (`BRIDGE_...`) > file > defaults."""
 
@@ -282,6 +329,7 @@ class Settings(BaseSettings):
     lifecycle: LifecycleSettings = LifecycleSettings()
     triggers_path: str = ""
     triggers: list[TriggerSpec] = []
+    archives: Archives = []
 
     @classmethod
     def settings_customise_sources(

@@ -15,10 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiormq
-from aiormq.abc import AbstractConnection, DeliveredMessage
-
 from bridge import names
+from bridge.amqp import wire
 from bridge.amqp.browse import QueueMissing, browse, queue_depth
 from bridge.amqp.connection import AMQP_ERRORS, delivery_tag
 from bridge.amqp.topology import catalog_keys
@@ -41,8 +39,8 @@ class DeadLetterView:
     error: str
 
     @classmethod
-    def of(cls, message: DeliveredMessage, queue_trigger: str) -> DeadLetterView:
-        h = message.header.properties.headers or {}
+    def of(cls, message: wire.Message, queue_trigger: str) -> DeadLetterView:
+        h = message.properties.headers or {}
         return cls(
             id=str(h.get("ce-id", "")),
             trigger=str(h.get(names.TRIGGER, queue_trigger)),
@@ -67,9 +65,9 @@ class DeadLetterView:
         }
 
 
-def full_record(message: DeliveredMessage, queue_trigger: str) -> dict[str, Any]:
+def full_record(message: wire.Message, queue_trigger: str) -> dict[str, Any]:
     """`dlq show`: the CloudEvent (attributes + data) and its failure record."""
-    props = message.header.properties
+    props = message.properties
     headers = props.headers or {}
     doc = json_document(Event(headers, props.content_type, message.body))
     failure = {
@@ -104,7 +102,7 @@ class DeadLetters:
     operation covers their dead-letter queues and those of every trigger in the catalog.
     """
 
-    def __init__(self, connection: AbstractConnection, trigger_keys: list[str]) -> None:
+    def __init__(self, connection: wire.Connection, trigger_keys: list[str]) -> None:
         self.connection = connection
         self.trigger_keys = trigger_keys
 
@@ -150,7 +148,7 @@ class DeadLetters:
         for key, queue in await self.queues(trigger):
             async with browse(self.connection, queue) as (_, messages):
                 async for message in messages:
-                    headers = message.header.properties.headers or {}
+                    headers = message.properties.headers or {}
                     if headers.get("ce-id") == event_id:
                         return full_record(message, key)
         return None
@@ -179,7 +177,7 @@ class DeadLetters:
                     async for message in messages:
                         if progress is not None:
                             progress(1)
-                        headers = message.header.properties.headers or {}
+                        headers = message.properties.headers or {}
                         view = DeadLetterView.of(message, key)
                         if (
                             (limit is not None and len(done) >= limit)
@@ -195,7 +193,7 @@ class DeadLetters:
                         if not await self._republish(publisher, message, headers, target):
                             failed += 1
                             continue
-                        await channel.basic_ack(delivery_tag(message))
+                        channel.basic_ack(delivery_tag(message))
                         done.append(view)
         finally:
             if not publisher.is_closed:
@@ -205,17 +203,17 @@ class DeadLetters:
 
     async def _republish(
         self,
-        publisher: Any,
-        message: DeliveredMessage,
+        publisher: wire.Channel,
+        message: wire.Message,
         headers: dict[str, Any],
         target: str,
     ) -> bool:
-        props = message.header.properties
+        props = message.properties
         try:
-            confirm = await publisher.basic_publish(
+            await publisher.publish_confirmed(
                 message.body,
                 exchange=names.RETRY_EXCHANGE,
-                properties=aiormq.spec.Basic.Properties(
+                properties=wire.Properties(
                     delivery_mode=2,
                     headers=replay_headers(headers, target),
                     content_type=props.content_type,
@@ -224,9 +222,9 @@ class DeadLetters:
                 mandatory=True,  # no trigger queue any more: returned, and the dead letter kept
                 timeout=10,
             )
-        except aiormq.exceptions.DeliveryError:
+        except wire.DeliveryError:
             return False
-        return isinstance(confirm, aiormq.spec.Basic.Ack)
+        return True
 
     async def purge(self, trigger: str | None = None, ids: list[str] | None = None) -> int:
         """Delete the dead letters (with `ids`, only those); returns how many were deleted."""
@@ -236,16 +234,15 @@ class DeadLetters:
             if wanted is None:
                 channel = await self.connection.channel()
                 try:
-                    ok = await channel.queue_purge(queue)
-                    removed += int(ok.message_count or 0)
+                    removed += await channel.queue_purge(queue)
                 finally:
                     await channel.close()
                 continue
             async with browse(self.connection, queue) as (channel, messages):
                 async for message in messages:
-                    headers = message.header.properties.headers or {}
+                    headers = message.properties.headers or {}
                     if headers.get("ce-id") in wanted:
-                        await channel.basic_ack(delivery_tag(message))
+                        channel.basic_ack(delivery_tag(message))
                         removed += 1
         return removed
 

@@ -8,6 +8,9 @@ bridge.dls.<ns>.<trigger>        dead letters on their way to the trigger's dead
 bridge.delay.<ms>                waiting retries; expired messages go to bridge.retry
 bridge.retry                     headers exchange routing on `bridge-route` (a queue name)
 bridge.catalog                   one message per trigger ever declared (for topology prune)
+bridge.archive.<ns>.<broker>     stream: every event the broker accepted (when archived)
+bridge.replay.<id>               the progress record of archive replay <id> (the newest only)
+bridge.replay.<id>.lock          exclusive queue held while replay <id> runs
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ DELAY_PREFIX = "bridge.delay."
 TRIGGER_PREFIX = "bridge.trigger."
 DLQ_PREFIX = "bridge.dlq."
 SINK_PREFIX = "bridge.dls."
+ARCHIVE_PREFIX = "bridge.archive."
+REPLAY_PREFIX = "bridge.replay."
 
 # bridge's own AMQP headers (CloudEvents attributes are the `ce-*` headers).
 ROUTE = "bridge-route"  # queue a waiting retry or a replayed dead letter goes back to
@@ -60,3 +65,15 @@ def sink_queue(trigger_key: str) -> str:
 
 def delay_queue(milliseconds: int) -> str:
     return f"{DELAY_PREFIX}{milliseconds}"
+
+
+def archive_stream(broker_key: str) -> str:
+    return _named(ARCHIVE_PREFIX, broker_key)
+
+
+def replay_progress(replay_id: str) -> str:
+    return f"{REPLAY_PREFIX}{replay_id}"
+
+
+def replay_lock(replay_id: str) -> str:
+    return f"{REPLAY_PREFIX}{replay_id}.lock"

@@ -12,6 +12,7 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
+from bridge.amqp import wire
 from bridge.deadletters import DeadLetters
 from tests.conftest import RABBITMQCTL, Received, eventually, get_all, queue_depth, trigger
 
@@ -82,14 +83,16 @@ async def test_replay_removes_a_dead_letter_only_after_its_republish_is_confirme
     await running.app.drain()  # nothing consumes the trigger queue from now on
     vhost = vhost_of(amqp_url)
     await fill(amqp, "bridge.trigger.default.t")
+    connection = await wire.connect(amqp_url)  # bridge's own client, as `bridge dlq` uses
     refuse_publishes(vhost, r"^bridge\.trigger\.")
     try:
-        result = await DeadLetters(amqp, ["default/t"]).replay("default/t")
+        result = await DeadLetters(connection, ["default/t"]).replay("default/t")
     finally:
         accept_publishes(vhost)
     assert (len(result.replayed), result.failed) == (0, 3)
     assert await queue_depth(amqp, "bridge.dlq.default.t") == 3  # none removed
-    result = await DeadLetters(amqp, ["default/t"]).replay("default/t")
+    result = await DeadLetters(connection, ["default/t"]).replay("default/t")
+    await connection.close()
     assert (len(result.replayed), result.failed) == (3, 0)
     assert await queue_depth(amqp, "bridge.dlq.default.t") == 0
     assert await queue_depth(amqp, "bridge.trigger.default.t") == 1 + 3

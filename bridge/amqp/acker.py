@@ -6,6 +6,11 @@ its end: the run of settled tags that starts at the lowest unsettled one is ackn
 single `basic.ack(multiple=True)`; settled tags beyond a gap are acknowledged one by one, at
 once, so a slow delivery never keeps others unacknowledged. `multiple` therefore only ever
 covers tags this consumer has settled itself: nothing is acknowledged early, and no tag twice.
+
+The frames go out in the order decided here: bridge's channel writes an ack or nack at once
+(buffered until the end of the loop turn), so a multiple ack can never overtake an earlier single
+ack or nack. A channel whose methods return awaitables instead (a test double) is served in the
+same order by one sender task.
 """
 
 from __future__ import annotations
@@ -13,24 +18,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Awaitable
+from typing import Any
 
-from aiormq.abc import AbstractChannel
-
+from bridge.amqp import wire
 from bridge.amqp.connection import AMQP_ERRORS
 
 
 class Acker:
     def __init__(self) -> None:
-        self._channel: AbstractChannel | None = None
+        self._channel: wire.Channel | None = None
         self._next = 1  # the lowest tag not settled yet
         self._settled: set[int] = set()  # settled tags above the gap
         self._sent: set[int] = set()  # of those, the ones already acked or nacked singly
         self._pending: list[int] = []
         self._scheduled = False
-        self._outbox: deque[tuple[AbstractChannel, str, int]] = deque()
+        self._outbox: deque[tuple[wire.Channel, str, int]] = deque()
         self._sender: asyncio.Task[None] | None = None
 
-    def reset(self, channel: AbstractChannel | None) -> None:
+    def reset(self, channel: wire.Channel | None) -> None:
         """A new channel (or none): tags of the old one are meaningless now."""
         self._channel = channel
         self._outbox.clear()
@@ -39,7 +45,7 @@ class Acker:
         self._sent.clear()
         self._pending.clear()
 
-    def nack(self, channel: AbstractChannel, tag: int, requeue: bool = True) -> None:
+    def nack(self, channel: wire.Channel, tag: int, requeue: bool = True) -> None:
         """Return a message to its queue, in order with the acks (a later multiple ack covers
         only what this consumer settled; the nack is on the wire before it)."""
         if channel is not self._channel or channel.is_closed:
@@ -49,7 +55,7 @@ class Acker:
         self._advance()
         self._post((channel, "nack" if requeue else "drop", tag))
 
-    def ack(self, channel: AbstractChannel, tag: int) -> None:
+    def ack(self, channel: wire.Channel, tag: int) -> None:
         if channel is not self._channel or channel.is_closed:
             return  # the old channel is gone, and RabbitMQ requeued its messages
         self._pending.append(tag)
@@ -86,23 +92,43 @@ class Acker:
         for tag in singles:
             self._post((channel, "ack", tag))
 
-    def _post(self, command: tuple[AbstractChannel, str, int]) -> None:
-        # One sender, in order: a multiple ack must never overtake an earlier single ack or nack
-        # (it would settle that tag first, and the later frame would name an unknown tag).
+    def _post(self, command: tuple[wire.Channel, str, int]) -> None:
+        # In order: a multiple ack must never overtake an earlier single ack or nack (it would
+        # settle that tag first, and the later frame would name an unknown tag).
         self._outbox.append(command)
         if self._sender is None or self._sender.done():
-            self._sender = asyncio.get_running_loop().create_task(self._send_all())
+            self._send_all()
 
-    async def _send_all(self) -> None:
+    def _send_all(self) -> None:
         outbox = self._outbox
         while outbox:
-            channel, op, tag = outbox.popleft()
-            if channel.is_closed:
-                continue
+            pending = _send(*outbox.popleft())
+            if pending is not None:  # an awaitable: the rest waits for it, in order
+                self._sender = asyncio.get_running_loop().create_task(self._send_after(pending))
+                return
+
+    async def _send_after(self, pending: Awaitable[None]) -> None:
+        outbox = self._outbox
+        while True:
             with contextlib.suppress(*AMQP_ERRORS):
-                if op == "cover":
-                    await channel.basic_ack(tag, multiple=True, wait=False)
-                elif op == "ack":
-                    await channel.basic_ack(tag, wait=False)
-                else:
-                    await channel.basic_nack(tag, requeue=op == "nack", wait=False)
+                await pending
+            while True:
+                if not outbox:
+                    return
+                next_one = _send(*outbox.popleft())
+                if next_one is not None:
+                    pending = next_one
+                    break
+
+
+def _send(channel: wire.Channel, op: str, tag: int) -> Any:
+    """Write one acknowledgement; what the channel returns (None for bridge's channel)."""
+    if channel.is_closed:
+        return None
+    with contextlib.suppress(*AMQP_ERRORS):
+        if op == "cover":
+            return channel.basic_ack(tag, multiple=True)
+        if op == "ack":
+            return channel.basic_ack(tag)
+        return channel.basic_nack(tag, requeue=op == "nack")
+    return None

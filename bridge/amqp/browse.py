@@ -17,9 +17,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable
 
-import aiormq
-from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
-
+from bridge.amqp import wire
 from bridge.amqp.connection import AMQP_ERRORS
 
 
@@ -27,23 +25,21 @@ class QueueMissing(Exception):
     """The queue does not exist."""
 
 
-async def queue_depths(
-    connection: AbstractConnection, queues: Iterable[str]
-) -> dict[str, int | None]:
+async def queue_depths(connection: wire.Connection, queues: Iterable[str]) -> dict[str, int | None]:
     """Messages ready in each queue (None for a queue that does not exist), asked by passive
     declares on one channel (a missing queue closes it; the next queue gets a new one)."""
     depths: dict[str, int | None] = {}
-    channel: AbstractChannel | None = None
+    channel: wire.Channel | None = None
     try:
         for queue in queues:
             if channel is None or channel.is_closed:
                 channel = await connection.channel()
             try:
                 ok = await channel.queue_declare(queue, passive=True)
-            except aiormq.exceptions.ChannelNotFoundEntity:
+            except wire.NotFound:
                 depths[queue] = None
             else:
-                depths[queue] = int(ok.message_count or 0)
+                depths[queue] = ok.message_count
     finally:
         if channel is not None and not channel.is_closed:
             with contextlib.suppress(*AMQP_ERRORS):
@@ -51,33 +47,33 @@ async def queue_depths(
     return depths
 
 
-async def queue_depth(connection: AbstractConnection, queue: str) -> int | None:
+async def queue_depth(connection: wire.Connection, queue: str) -> int | None:
     """Messages ready in `queue`, or None when it does not exist."""
     return (await queue_depths(connection, (queue,)))[queue]
 
 
 @contextlib.asynccontextmanager
 async def browse(
-    connection: AbstractConnection, queue: str, limit: int | None = None, timeout: float = 10.0
-) -> AsyncIterator[tuple[AbstractChannel, AsyncIterator[DeliveredMessage]]]:
+    connection: wire.Connection, queue: str, limit: int | None = None, timeout: float = 10.0
+) -> AsyncIterator[tuple[wire.Channel, AsyncIterator[wire.Message]]]:
     """Yield (channel, messages); leaving the block returns every message not acknowledged."""
     depth = await queue_depth(connection, queue)
     if depth is None:
         raise QueueMissing(queue)
     wanted = depth if limit is None else min(depth, limit)
     channel = await connection.channel()
-    inbox: asyncio.Queue[DeliveredMessage] = asyncio.Queue()
+    inbox: asyncio.Queue[wire.Message] = asyncio.Queue()
     delivered = 0
     all_taken = asyncio.Event()
 
-    async def take(message: DeliveredMessage) -> None:
+    def take(message: wire.Message) -> None:
         nonlocal delivered
         delivered += 1
         if delivered >= depth:
             all_taken.set()
-        await inbox.put(message)
+        inbox.put_nowait(message)
 
-    async def messages() -> AsyncIterator[DeliveredMessage]:
+    async def messages() -> AsyncIterator[wire.Message]:
         if wanted == 0:
             return
         # prefetch = depth: RabbitMQ pushes what was there, no more (0 is unlimited).

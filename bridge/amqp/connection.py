@@ -3,7 +3,8 @@
 `AMQPLink` connects with exponential backoff (tenacity), forever, then attaches its users in order
 (topology, publisher, consumers). When the connection or any of their channels fails it detaches
 everyone and starts over: consumers resume by themselves after RabbitMQ comes back, and nothing
-here ever ends the process. aiormq errors stop at this boundary and become `BrokerUnavailable`.
+here ever ends the process. The AMQP client is bridge's own (`bridge.amqp.wire`); its errors stop
+at this boundary and become `BrokerUnavailable`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import aiormq
-from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
+from bridge.amqp import wire
 from bridge.errors import BridgeError, BrokerUnavailable
 from bridge.redact import redact_text, redact_url
 
@@ -28,33 +28,12 @@ DEFAULT_HEARTBEAT = "10"
 CONNECT_TIMEOUT = 10.0
 
 
-class _BlockAwareConnection(aiormq.Connection):
-    """aiormq's connection, telling bridge when RabbitMQ blocks or unblocks it.
-
-    RabbitMQ sends `connection.blocked` when a memory or disk alarm stops it from accepting
-    publishes (it then stops reading the socket). aiormq handles both frames in private methods
-    and offers no callback, so these override them (name-mangled names) and call the original.
-    """
-
-    on_blocked: Callable[[str | None], None] | None = None
-
-    async def _Connection__handle_connection_blocked(self, frame: Any) -> None:
-        await super()._Connection__handle_connection_blocked(frame)  # type: ignore[misc]
-        if self.on_blocked is not None:
-            self.on_blocked(str(frame.reason or "a resource alarm"))
-
-    async def _Connection__handle_connection_unblocked(self, frame: Any) -> None:
-        await super()._Connection__handle_connection_unblocked(frame)  # type: ignore[misc]
-        if self.on_blocked is not None:
-            self.on_blocked(None)
-
-
 class TopologyError(BridgeError):
     """RabbitMQ refused a declaration for good (e.g. a queue exists with other arguments)."""
 
 
 class LinkUser(Protocol):
-    async def attach(self, connection: AbstractConnection) -> None: ...
+    async def attach(self, connection: wire.Connection) -> None: ...
 
     async def detach(self) -> None: ...
 
@@ -67,22 +46,19 @@ def with_defaults(url: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def delivery_tag(message: DeliveredMessage) -> int:
+def delivery_tag(message: wire.Message) -> int:
     """The delivery tag of a consumed message."""
-    tag = getattr(message.delivery, "delivery_tag", None)
-    assert isinstance(tag, int)
-    return tag
+    return message.delivery_tag
 
 
 def broker_error(exc: BaseException) -> BrokerUnavailable:
-    """aiormq/OS errors as bridge's own, with no credentials in the text."""
+    """AMQP client / OS errors as bridge's own, with no credentials in the text."""
     text = redact_text(str(exc) or exc.__class__.__name__)
     return BrokerUnavailable(f"RabbitMQ is unavailable ({exc.__class__.__name__}: {text})")
 
 
 AMQP_ERRORS: tuple[type[Exception], ...] = (
-    aiormq.exceptions.AMQPError,
-    aiormq.exceptions.ChannelInvalidStateError,
+    wire.AMQPError,
     ConnectionError,
     OSError,
     TimeoutError,
@@ -104,7 +80,7 @@ class AMQPLink:
         self._max_delay = max_delay
         self._on_state = on_state
         self._users: list[LinkUser] = []
-        self._connection: AbstractConnection | None = None
+        self._connection: wire.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._lost = asyncio.Event()
@@ -115,7 +91,7 @@ class AMQPLink:
         self.blocked: str | None = None
 
     @property
-    def connection(self) -> AbstractConnection | None:
+    def connection(self) -> wire.Connection | None:
         return self._connection
 
     def add(self, user: LinkUser) -> None:
@@ -143,18 +119,14 @@ class AMQPLink:
         self._lost.set()
 
     def watch_channel(
-        self, channel: AbstractChannel, what: str, expected: Callable[[], bool] | None = None
+        self, channel: wire.Channel, what: str, expected: Callable[[], bool] | None = None
     ) -> None:
         """Escalate the unexpected close of `channel` to a reconnect (`expected()`: it is not)."""
 
-        def closed(fut: asyncio.Future[Any]) -> None:
+        def closed(fut: asyncio.Future[BaseException | None]) -> None:
             if expected is not None and expected():
                 return
-            if fut.cancelled():
-                reason = "cancelled"
-            else:
-                exc = fut.exception()
-                reason = str(exc) if exc is not None else "closed"
+            reason = "cancelled" if fut.cancelled() else str(fut.result() or "closed")
             self.fail(f"{what} channel closed: {reason}")
 
         channel.closing.add_done_callback(closed)
@@ -166,20 +138,17 @@ class AMQPLink:
             log.warning("RabbitMQ accepts publishing again")
         self.blocked = reason
 
-    async def _connect_once(self) -> AbstractConnection:
-        conn = _BlockAwareConnection(self._url, client_properties={"connection_name": self._name})
-        conn.on_blocked = self._set_blocked
+    async def _connect_once(self) -> wire.Connection:
         try:
-            async with asyncio.timeout(CONNECT_TIMEOUT):
-                await conn.connect()
+            conn = await wire.connect(
+                self._url, name=self._name, on_blocked=self._set_blocked, timeout=CONNECT_TIMEOUT
+            )
         except AMQP_ERRORS as exc:
-            with contextlib.suppress(Exception):
-                await conn.close()
             raise broker_error(exc) from None
         self.blocked = None  # a new connection starts unblocked; RabbitMQ says so if not
         return conn
 
-    async def _connect(self) -> AbstractConnection:
+    async def _connect(self) -> wire.Connection:
         def before_sleep(state: Any) -> None:
             exc = state.outcome.exception() if state.outcome else None
             log.warning(
@@ -199,7 +168,7 @@ class AMQPLink:
                 return await self._connect_once()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attach_all(self, conn: AbstractConnection) -> None:
+    async def _attach_all(self, conn: wire.Connection) -> None:
         for user in list(self._users):
             await user.attach(conn)
 
@@ -234,11 +203,10 @@ class AMQPLink:
             if self._on_state:
                 self._on_state(True)
             log.info("connected to RabbitMQ at %s", redact_url(self._url))
-            closing = conn.closing
             lost = asyncio.ensure_future(self._lost.wait())
-            await asyncio.wait([closing, lost], return_when=asyncio.FIRST_COMPLETED)
+            ends: list[asyncio.Future[Any]] = [conn.closing, lost]
+            await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
             lost.cancel()
-            closing.cancel()
             self.ready.clear()
             if self._on_state:
                 self._on_state(False)
@@ -248,7 +216,7 @@ class AMQPLink:
             if not self._stopping:
                 log.warning("lost the connection to RabbitMQ; reconnecting")
 
-    async def _close(self, conn: AbstractConnection) -> None:
+    async def _close(self, conn: wire.Connection) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(conn.close(), 5.0)
 

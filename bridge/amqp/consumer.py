@@ -1,9 +1,9 @@
 """A queue consumed on its own channel, each message handed to a `Handler` (the dispatcher).
 
 `QueueConsumer` is a user of the `AMQPLink`: on every (re)connection it opens a channel with the
-queue's prefetch and consumes; its messages reach the handler as `AMQPMessage`s, the `Inbound`
-port, whose `ack()` and `requeue()` go through the channel's `Acker` (coalesced, in order). On a
-dead channel they do nothing: RabbitMQ already took the channel's messages back.
+queue's prefetch and consumes; each message reaches the handler as an `AMQPMessage`, the `Inbound`
+port, in a task of its own; `ack()` and `requeue()` go through the channel's `Acker` (coalesced,
+in order). On a dead channel they do nothing: RabbitMQ already took the channel's messages back.
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import asyncio
 import contextlib
 from typing import Any, Generic, TypeVar
 
-from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
-
+from bridge.amqp import wire
 from bridge.amqp.acker import Acker
-from bridge.amqp.connection import AMQP_ERRORS, AMQPLink, delivery_tag
+from bridge.amqp.connection import AMQP_ERRORS, AMQPLink
 from bridge.ports import Handler
 
 H = TypeVar("H", bound=Handler)
@@ -26,8 +25,8 @@ class AMQPMessage:
 
     __slots__ = ("_acker", "_message", "body", "content_type", "headers")
 
-    def __init__(self, message: DeliveredMessage, acker: Acker) -> None:
-        properties = message.header.properties
+    def __init__(self, message: wire.Message, acker: Acker) -> None:
+        properties = message.properties
         self._message = message
         self._acker = acker
         self.headers: dict[str, Any] = properties.headers or {}
@@ -39,10 +38,10 @@ class AMQPMessage:
         return not self._message.channel.is_closed
 
     def ack(self) -> None:
-        self._acker.ack(self._message.channel, delivery_tag(self._message))
+        self._acker.ack(self._message.channel, self._message.delivery_tag)
 
     def requeue(self) -> None:
-        self._acker.nack(self._message.channel, delivery_tag(self._message), True)
+        self._acker.nack(self._message.channel, self._message.delivery_tag, True)
 
 
 class QueueConsumer(Generic[H]):
@@ -52,21 +51,22 @@ class QueueConsumer(Generic[H]):
         self._prefetch = prefetch
         self._link = link
         self._acker = Acker()
-        self._channel: AbstractChannel | None = None
+        self._channel: wire.Channel | None = None
         self._consumer_tag: str | None = None
         self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- link user --
-    async def attach(self, connection: AbstractConnection) -> None:
+    async def attach(self, connection: wire.Connection) -> None:
         if self._stopping:
             return
         channel = await connection.channel()
         await channel.basic_qos(prefetch_count=self._prefetch)
         self._link.watch_channel(channel, f"consumer {self.queue}", lambda: self._stopping)
+        channel.closing.add_done_callback(self._cancel_deliveries)
         self._acker.reset(channel)
         self._channel = channel
-        ok = await channel.basic_consume(self.queue, self._on_message)
-        self._consumer_tag = ok.consumer_tag
+        self._consumer_tag = await channel.basic_consume(self.queue, self._on_message)
 
     async def detach(self) -> None:
         self._acker.reset(None)
@@ -74,8 +74,20 @@ class QueueConsumer(Generic[H]):
         self._consumer_tag = None
         self.handler.forget_waiting()  # they return to the queue with the channel
 
-    async def _on_message(self, message: DeliveredMessage) -> None:
-        await self.handler.offer(AMQPMessage(message, self._acker))
+    def _on_message(self, message: wire.Message) -> None:
+        # Called by the connection's reader, in delivery order; the handler runs in a task.
+        task = message.channel.connection.loop.create_task(
+            self.handler.offer(AMQPMessage(message, self._acker))
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _cancel_deliveries(self, _: object) -> None:
+        """The channel closed (stopped, or the link failed): deliveries still running are
+        cancelled, as RabbitMQ took their messages back (no new delivery arrives on a closed
+        channel, and the next one is attached only after this runs)."""
+        for task in list(self._tasks):
+            task.cancel()
 
     async def stop(self, timeout: float) -> None:
         """Stop taking messages, then wait (at most `timeout`) for deliveries in flight."""

@@ -10,15 +10,13 @@ import asyncio
 import contextlib
 from typing import Any
 
-import aiormq
-from aiormq.abc import AbstractChannel, AbstractConnection
-
 from bridge import names
+from bridge.amqp import wire
 from bridge.amqp.connection import AMQP_ERRORS, AMQPLink, broker_error
 from bridge.amqp.topology import DelayQueues, QueueType
 from bridge.errors import BrokerUnavailable, PublishRejected
 
-Properties = aiormq.spec.Basic.Properties
+Properties = wire.Properties
 PERSISTENT = 2
 
 
@@ -26,7 +24,7 @@ class Publisher:
     def __init__(self, link: AMQPLink, timeout: float, queue_type: QueueType) -> None:
         self._link = link
         self._timeout = timeout
-        self._channel: AbstractChannel | None = None
+        self._channel: wire.Channel | None = None
         self.delays = DelayQueues(queue_type)
         self.in_flight = 0
         self._idle = asyncio.Event()
@@ -41,7 +39,7 @@ class Publisher:
         """Why RabbitMQ blocks publishing right now (a resource alarm), or None."""
         return self._link.blocked
 
-    async def attach(self, connection: AbstractConnection) -> None:
+    async def attach(self, connection: wire.Connection) -> None:
         channel = await connection.channel(publisher_confirms=True)
         self._link.watch_channel(channel, "publisher")
         self.delays.reset()
@@ -77,21 +75,21 @@ class Publisher:
         self.in_flight += 1
         self._idle.clear()
         try:
-            confirm = await channel.basic_publish(
+            await channel.publish_confirmed(
                 body,
                 exchange=exchange,
                 routing_key=routing_key,
                 properties=properties,
                 mandatory=mandatory,
                 timeout=self._timeout,
-                wait=False,  # the confirm is what counts; no separate wait for the socket write
-            )  # type: ignore[call-arg]
-            if mandatory and not isinstance(confirm, aiormq.spec.Basic.Ack):
-                # Returned (the confirm's result is then the returned message).
-                if routing_key.startswith(names.DELAY_PREFIX):
-                    self.delays.reset()  # declared again on next use
-                raise PublishRejected(f"RabbitMQ has no queue {routing_key} to take the message")
-        except aiormq.exceptions.DeliveryError:
+            )
+        except wire.PublishReturned:
+            if routing_key.startswith(names.DELAY_PREFIX):
+                self.delays.reset()  # declared again on next use
+            raise PublishRejected(
+                f"RabbitMQ has no queue {routing_key} to take the message"
+            ) from None
+        except wire.PublishNacked:
             raise PublishRejected("RabbitMQ refused the message") from None
         except TimeoutError:
             raise BrokerUnavailable("RabbitMQ did not confirm the message in time") from None

@@ -7,14 +7,11 @@ went wrong in one sentence; the connection is closed on the way out.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import aiormq
-from aiormq.abc import AbstractConnection
-
+from bridge.amqp import wire
 from bridge.amqp.browse import QueueMissing
 from bridge.amqp.connection import AMQP_ERRORS, SETUP_ERRORS, broker_error, with_defaults
 from bridge.config import load
@@ -25,7 +22,7 @@ CONNECT_TIMEOUT = 10.0
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    connection: AbstractConnection
+    connection: wire.Connection
     trigger_keys: list[str]  # the configured triggers, `namespace/name`
 
 
@@ -35,7 +32,7 @@ async def open_session(config_path: str | None) -> AsyncIterator[Session]:
     loaded = load(config_path)
     url = with_defaults(loaded.settings.rabbitmq.url.get_secret_value())
     try:
-        connection = await asyncio.wait_for(aiormq.connect(url), CONNECT_TIMEOUT)
+        connection = await wire.connect(url, timeout=CONNECT_TIMEOUT)
     except SETUP_ERRORS as exc:
         raise broker_error(exc) from None
     keys = [f"{t.namespace}/{t.name}" for t, _ in loaded.triggers]

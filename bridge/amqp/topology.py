@@ -7,6 +7,12 @@ combination of exact attribute values, bound to `bridge.retry` on its own name, 
 queue. Waiting retries sit in `bridge.delay.<ms>` queues whose expired messages dead-letter into
 `bridge.retry`. Queue arguments are built by `queue_arguments` so every declarer agrees.
 
+An archived broker also gets a stream, `bridge.archive.<ns>.<broker>`, bound to both of its
+exchanges (match-everything on the headers exchange, and the unmatched fanout): RabbitMQ appends
+every event the broker accepts, with no publish from bridge, and each event once, since an event
+enters through exactly one of the two. Retries and replays go through `bridge.retry` or the
+default exchange, so they are never archived again.
+
 The catalog (`bridge.catalog`) remembers every trigger declared here; `prune_topology` (what
 `bridge topology prune` does) deletes the queues of triggers no longer configured, and their
 catalog records.
@@ -17,14 +23,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
-import aiormq
 import orjson
-from aiormq.abc import AbstractChannel, AbstractConnection
 
 from bridge import names
+from bridge.amqp import wire
 from bridge.amqp.connection import TopologyError, delivery_tag
 from bridge.triggers import Routes, Trigger
 
@@ -75,6 +81,48 @@ def delay_arguments(queue_type: QueueType, milliseconds: int) -> dict[str, Any]:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ArchiveStream:
+    """An archive as the Declarer declares it: its broker and the stream's retention."""
+
+    broker: str  # namespace/name
+    enabled: bool = True
+    max_age_s: int = 0  # 0: no age limit
+    max_bytes: int = 0  # 0: no size limit
+    segment_bytes: int | None = None  # None: RabbitMQ's default
+
+    @property
+    def stream(self) -> str:
+        return names.archive_stream(self.broker)
+
+
+# Archive binding on a broker's headers exchange: no header to match, so every message matches.
+ARCHIVE_BINDING: dict[str, Any] = {"x-match": "all"}
+_AGE_UNITS = (("D", 86400), ("h", 3600), ("m", 60), ("s", 1))
+
+
+def stream_max_age(seconds: int) -> str:
+    """Whole seconds as RabbitMQ's `x-max-age`: one integer and the largest exact unit of D, h,
+    m, s (RabbitMQ accepts nothing else: a malformed value closes the whole connection)."""
+    if seconds < 1:
+        raise ValueError("a stream's max age is at least one second")
+    for unit, size in _AGE_UNITS:
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def archive_arguments(archive: ArchiveStream) -> dict[str, Any]:
+    args: dict[str, Any] = {"x-queue-type": "stream"}
+    if archive.max_age_s:
+        args["x-max-age"] = stream_max_age(archive.max_age_s)
+    if archive.max_bytes:
+        args["x-max-length-bytes"] = archive.max_bytes
+    if archive.segment_bytes is not None:
+        args["x-stream-max-segment-size-bytes"] = archive.segment_bytes
+    return args
+
+
 def trigger_bindings(trigger: Trigger) -> list[dict[str, Any]]:
     """Header arguments of the trigger's bindings to its broker exchange."""
     bindings = trigger.filter.bindings or ({},)
@@ -89,10 +137,10 @@ def _explain(exc: Exception, what: str) -> TopologyError:
     )
 
 
-async def declare_queue(channel: AbstractChannel, name: str, arguments: dict[str, Any]) -> None:
+async def declare_queue(channel: wire.Channel, name: str, arguments: dict[str, Any]) -> None:
     try:
         await channel.queue_declare(name, durable=True, arguments=arguments)
-    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+    except wire.PreconditionFailed as exc:
         raise _explain(exc, f"queue {name}") from None
 
 
@@ -115,7 +163,7 @@ def trigger_queues(trigger_key: str) -> tuple[str, str, str]:
     )
 
 
-async def read_catalog(connection: AbstractConnection) -> dict[str, dict[str, Any]]:
+async def read_catalog(connection: wire.Connection) -> dict[str, dict[str, Any]]:
     """Trigger records bridge has declared here, by key (what `topology prune` compares with)."""
     from bridge.amqp.browse import browse
 
@@ -128,13 +176,11 @@ async def read_catalog(connection: AbstractConnection) -> dict[str, dict[str, An
     return records
 
 
-async def catalog_keys(connection: AbstractConnection) -> set[str]:
+async def catalog_keys(connection: wire.Connection) -> set[str]:
     return set(await read_catalog(connection))
 
 
-async def sync_catalog(
-    connection: AbstractConnection, queue_type: QueueType, routes: Routes
-) -> None:
+async def sync_catalog(connection: wire.Connection, queue_type: QueueType, routes: Routes) -> None:
     """Bring the catalog and the bindings in line with `routes`.
 
     A configured trigger whose filter changed loses the bindings it no longer has; a trigger
@@ -154,7 +200,7 @@ async def sync_catalog(
                     record = orjson.loads(message.body)
                     key = str(record["key"])
                 except (ValueError, TypeError, KeyError):
-                    await catalog.basic_ack(delivery_tag(message))  # unreadable: replaced below
+                    catalog.basic_ack(delivery_tag(message))  # unreadable: replaced below
                     continue
                 wanted = current.get(key)
                 if wanted is None:
@@ -165,14 +211,14 @@ async def sync_catalog(
                     if record.get("exchange") != wanted["exchange"]:
                         old = list(record.get("bindings", []))
                     stale.append((record, old))
-                await catalog.basic_ack(delivery_tag(message))
+                catalog.basic_ack(delivery_tag(message))
         for record, bindings in stale:
             await _unbind(connection, record, bindings)
         for record in current.values():
-            await channel.basic_publish(
+            await channel.publish_confirmed(
                 orjson.dumps(record),
                 routing_key=names.CATALOG,
-                properties=aiormq.spec.Basic.Properties(delivery_mode=2),
+                properties=wire.Properties(delivery_mode=2),
             )
     finally:
         if not channel.is_closed:
@@ -180,7 +226,7 @@ async def sync_catalog(
 
 
 async def _unbind(
-    connection: AbstractConnection, record: dict[str, Any], bindings: list[dict[str, Any]]
+    connection: wire.Connection, record: dict[str, Any], bindings: list[dict[str, Any]]
 ) -> None:
     for arguments in bindings:
         channel = await connection.channel()
@@ -188,7 +234,7 @@ async def _unbind(
             await channel.queue_unbind(
                 str(record["queue"]), str(record["exchange"]), arguments=arguments
             )
-        except aiormq.exceptions.ChannelNotFoundEntity:
+        except wire.NotFound:
             return  # the queue or exchange is gone already
         finally:
             if not channel.is_closed:
@@ -204,7 +250,7 @@ class StaleQueue(NamedTuple):
 
 
 async def prune_topology(
-    connection: AbstractConnection, configured: Iterable[str], delete: bool
+    connection: wire.Connection, configured: Iterable[str], delete: bool
 ) -> list[StaleQueue]:
     """Queues of catalogued triggers that are not in `configured` (`namespace/name` keys).
 
@@ -232,44 +278,60 @@ async def prune_topology(
             async for message in messages:
                 with contextlib.suppress(ValueError, TypeError, KeyError):
                     if str(orjson.loads(message.body)["key"]) in stale:
-                        await catalog.basic_ack(delivery_tag(message))
+                        catalog.basic_ack(delivery_tag(message))
     return found
 
 
 class Declarer:
     """Declares the whole topology of `routes` each time the link (re)connects."""
 
-    def __init__(self, routes: Routes, queue_type: QueueType, unmatched_max_length: int) -> None:
+    def __init__(
+        self,
+        routes: Routes,
+        queue_type: QueueType,
+        unmatched_max_length: int,
+        archives: Sequence[ArchiveStream] = (),
+    ) -> None:
         self.routes = routes
         self.queue_type = queue_type
         self.unmatched_max_length = unmatched_max_length
+        self.archives = tuple(archives)
 
-    async def attach(self, connection: AbstractConnection) -> None:
+    async def attach(self, connection: wire.Connection) -> None:
         await self.apply(connection, self.routes)
 
-    async def apply(self, connection: AbstractConnection, routes: Routes) -> None:
+    async def apply(
+        self,
+        connection: wire.Connection,
+        routes: Routes,
+        archives: Sequence[ArchiveStream] | None = None,
+    ) -> None:
         """Declare `routes` (a reload's new ones, or the same on a reconnect), unbind what the
-        catalog says is gone, and keep `routes` for the next reconnect."""
+        catalog says is gone, and keep `routes` for the next reconnect. `archives`: a reload's
+        archives (None: the same), kept likewise once declared."""
+        archives = self.archives if archives is None else tuple(archives)
         channel = await connection.channel()
         try:
             await self.declare(channel, routes)
         finally:
             if not channel.is_closed:
                 await channel.close()
+        await self.declare_archives(connection, routes, archives)
         await sync_catalog(connection, self.queue_type, routes)
         self.routes = routes
+        self.archives = archives
 
     async def detach(self) -> None:
         return None
 
-    async def declare(self, channel: AbstractChannel, routes: Routes) -> None:
+    async def declare(self, channel: wire.Channel, routes: Routes) -> None:
         await channel.exchange_declare(names.RETRY_EXCHANGE, exchange_type="headers", durable=True)
         for broker in routes.brokers:
             await self.declare_broker(channel, broker)
         for trigger in routes.triggers:
             await self.declare_trigger(channel, trigger)
 
-    async def declare_broker(self, channel: AbstractChannel, broker: str) -> None:
+    async def declare_broker(self, channel: wire.Channel, broker: str) -> None:
         unmatched = names.unmatched(broker)
         await channel.exchange_declare(unmatched, exchange_type="fanout", durable=True)
         await declare_queue(
@@ -287,10 +349,10 @@ class Declarer:
                 durable=True,
                 arguments={"alternate-exchange": unmatched},
             )
-        except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        except wire.PreconditionFailed as exc:
             raise _explain(exc, f"exchange {names.broker_exchange(broker)}") from None
 
-    async def declare_trigger(self, channel: AbstractChannel, trigger: Trigger) -> None:
+    async def declare_trigger(self, channel: wire.Channel, trigger: Trigger) -> None:
         queue = trigger.queue
         await declare_queue(
             channel, queue, queue_arguments(self.queue_type, single_active=trigger.ordered)
@@ -309,6 +371,53 @@ class Declarer:
                 sink, names.RETRY_EXCHANGE, arguments={"x-match": "all", names.ROUTE: sink}
             )
 
+    async def declare_archives(
+        self, connection: wire.Connection, routes: Routes, archives: tuple[ArchiveStream, ...]
+    ) -> None:
+        """Declare each enabled archive's stream and bind it to its broker's two exchanges; unbind
+        the stream of a broker whose archive is disabled or gone (its history stays until its
+        retention removes it, or it is deleted)."""
+        from bridge.amqp.browse import queue_depths
+
+        enabled = {a.broker: a for a in archives if a.enabled}
+        if enabled:
+            channel = await connection.channel()
+            try:
+                for archive in enabled.values():
+                    await self.declare_archive(channel, archive)
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+        known = {*routes.brokers, *(a.broker for a in (*self.archives, *archives))}
+        others = sorted(known - set(enabled))
+        if not others:
+            return
+        streams = await queue_depths(connection, [names.archive_stream(b) for b in others])
+        for broker in others:
+            stream = names.archive_stream(broker)
+            if streams[stream] is not None:
+                record = {"queue": stream, "exchange": names.broker_exchange(broker)}
+                await _unbind(connection, record, [ARCHIVE_BINDING])
+                await _unbind(connection, {**record, "exchange": names.unmatched(broker)}, [{}])
+                log.debug("%s: archive disabled, the stream receives no events", stream)
+
+    async def declare_archive(self, channel: wire.Channel, archive: ArchiveStream) -> None:
+        await self.declare_broker(channel, archive.broker)
+        stream = archive.stream
+        try:
+            await channel.queue_declare(stream, durable=True, arguments=archive_arguments(archive))
+        except wire.PreconditionFailed as exc:
+            raise TopologyError(
+                f"RabbitMQ refused to declare the archive stream {stream}: {exc}. A stream's "
+                "retention cannot change once it exists: put back the archive's former max_age, "
+                "max_bytes and segment_bytes, or delete the stream and its history (rabbitmqctl "
+                f"delete_queue {stream}) before starting bridge with the new setting."
+            ) from None
+        await channel.queue_bind(
+            stream, names.broker_exchange(archive.broker), arguments=ARCHIVE_BINDING
+        )
+        await channel.queue_bind(stream, names.unmatched(archive.broker))
+
 
 class DelayQueues:
     """Declares `bridge.delay.<ms>` queues on first use, and again before they could expire."""
@@ -320,7 +429,7 @@ class DelayQueues:
     def reset(self) -> None:
         self._declared.clear()
 
-    async def ensure(self, channel: AbstractChannel, milliseconds: int) -> str:
+    async def ensure(self, channel: wire.Channel, milliseconds: int) -> str:
         name = names.delay_queue(milliseconds)
         now = time.monotonic()
         last = self._declared.get(milliseconds)

@@ -77,5 +77,3 @@ def setup_logging(level: str) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # aiormq logs each ignored late confirm at WARNING; bridge reports those itself.
-    logging.getLogger("aiormq").setLevel(logging.ERROR)
