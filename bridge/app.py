@@ -21,6 +21,7 @@ from typing import Literal
 from opentelemetry.sdk.trace import SpanProcessor
 
 from bridge import names
+from bridge.admin import Admin
 from bridge.amqp.browse import queue_depths
 from bridge.amqp.connection import SETUP_ERRORS, AMQPLink
 from bridge.amqp.consumer import QueueConsumer
@@ -35,7 +36,7 @@ from bridge.dispatch import Dispatcher, consumer_prefetch
 from bridge.dispatch import Role as DispatchRole
 from bridge.errors import BridgeError
 from bridge.http.client import SubscriberClient
-from bridge.http.server import Handler, HTTPServer, Request, Response, json_error
+from bridge.http.server import HTTPServer
 from bridge.ingress import Ingress
 from bridge.systemd import Notifier
 from bridge.telemetry.logging import register_secrets
@@ -55,31 +56,6 @@ PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 def proxy_variables(environ: Mapping[str, str] = os.environ) -> list[str]:
     """The proxy variables set (upper or lower case): bridge's subscriber client ignores them."""
     return [name for name in PROXY_VARIABLES if environ.get(name) or environ.get(name.lower())]
-
-
-class Admin(Handler):
-    """`/healthz`, `/readyz`, `/metrics` on the admin listener."""
-
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.max_body = 0
-
-    async def handle(self, request: Request) -> Response:
-        if request.method not in ("GET", "HEAD"):
-            return json_error(405, f"{request.method} is not allowed here; use GET.")
-        path = request.path
-        if path == "/healthz":
-            return Response(200, b'{"status":"ok"}', [("content-type", "application/json")])
-        if path == "/readyz":
-            problem = self.app.not_ready_reason()
-            if problem is None:
-                return Response(200, b'{"status":"ready"}', [("content-type", "application/json")])
-            return json_error(503, problem)
-        if path == "/metrics":
-            accept = request.headers.get("accept", "")
-            body, ctype = self.app.metrics.render("application/openmetrics-text" in accept)
-            return Response(200, body, [("content-type", ctype)])
-        return json_error(404, f"no such admin endpoint {path[:100]!r}; try /healthz.")
 
 
 class App:
@@ -174,6 +150,12 @@ class App:
         return made
 
     # -- readiness --
+    async def _readiness(self) -> str | None:
+        return self.not_ready_reason()
+
+    async def _exposition(self, openmetrics: bool) -> tuple[bytes, str]:
+        return self.metrics.render(openmetrics)
+
     def not_ready_reason(self) -> str | None:
         if self.draining:
             return "bridge is draining."
@@ -197,7 +179,8 @@ class App:
     async def start(self) -> None:
         settings = self.settings
         self.tracing.start()
-        self.admin_server = HTTPServer(Admin(self), settings.admin.host, settings.admin.port)
+        admin = Admin(self._readiness, self._exposition)
+        self.admin_server = HTTPServer(admin, settings.admin.host, settings.admin.port)
         await self.admin_server.start()
         if self.worker_admin_file is not None:
             self._report_admin_port(self.worker_admin_file, self.admin_server.port)

@@ -50,6 +50,7 @@ CORE_FORBIDDEN = (
     "bridge.dispatch",
     "bridge.ingress",
     "bridge.deadletters",
+    "bridge.archive",
 )
 
 # The dispatcher works on the ports (bridge/ports.py) only: no AMQP or HTTP library or adapter.
@@ -61,7 +62,9 @@ ADAPTER_FORBIDDEN = (
     "bridge.dispatch",
     "bridge.ingress",
     "bridge.deadletters",
+    "bridge.archive",
     "bridge.app",
+    "bridge.supervisor",
     "bridge.cli",
 )
 
