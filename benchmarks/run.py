@@ -345,6 +345,29 @@ def fill_backlog(amqp: str, count: int) -> None:
     asyncio.run(fill())
 
 
+def futile_attempts(stack: Stack, seconds: float, result: Result) -> None:
+    """With no load, what the down trigger's backlog costs: attempts/s and CPU per attempt."""
+
+    def attempts() -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{stack.admin}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith('bridge_deliveries_total{trigger="default/down"')
+        )
+
+    time.sleep(2.0)  # the first attempts find the subscriber down and the throttle engages
+    n0, cpu0, t0 = attempts(), cpu_seconds(stack.system_pid), time.time()
+    time.sleep(seconds)
+    n1, cpu1, t1 = attempts(), cpu_seconds(stack.system_pid), time.time()
+    made = n1 - n0
+    result.extra["futile_attempts_per_s"] = made / (t1 - t0)
+    result.extra["idle_cpu_percent"] = (cpu1 - cpu0) / (t1 - t0) * 100
+    if made:
+        result.extra["cpu_ms_per_futile_attempt"] = (cpu1 - cpu0) * 1000 / made
+
+
 def throughput(stack: Stack, seconds: int, conns: int, result: Result) -> None:
     http_json(stack.sink, "DELETE")
     mq = rabbitmq_pid()
@@ -415,6 +438,7 @@ def measure(scenario: Scenario, args: argparse.Namespace) -> Result:
             stack.start()
             if scenario.backlog:
                 fill_backlog(stack.amqp, scenario.backlog)
+                futile_attempts(stack, 5.0, result)
             throughput(stack, args.seconds, args.conns, result)
             latency(stack, args.rate, args.latency_seconds, result)
         finally:
@@ -442,6 +466,10 @@ def median_result(results: list[Result]) -> Result:
         values = [getattr(r, name) for r in results if getattr(r, name) is not None]
         if values:
             setattr(out, name, statistics.median(values))
+    for key in ("futile_attempts_per_s", "idle_cpu_percent", "cpu_ms_per_futile_attempt"):
+        extras = [r.extra[key] for r in results if key in r.extra]
+        if extras:
+            out.extra[key] = statistics.median(extras)
     return out
 
 
@@ -537,6 +565,13 @@ def main(argv: list[str] | None = None) -> int:
     medians = {name: median_result(rs) for name, rs in runs.items()}
     print(f"bridge benchmark, medians of {args.runs} run(s), {time.strftime('%Y-%m-%d %H:%M')}")
     print(table(medians))
+    for name, r in medians.items():
+        if "futile_attempts_per_s" in r.extra:
+            print(
+                f"{name}, no load: {r.extra['futile_attempts_per_s']:.1f} futile attempts/s, "
+                f"{r.extra.get('cpu_ms_per_futile_attempt', 0):.2f} ms CPU each, bridge at "
+                f"{r.extra['idle_cpu_percent']:.1f}% of a core"
+            )
     if args.json:
         Path(args.json).write_text(
             json.dumps({k: [r.__dict__ for r in v] for k, v in runs.items()}, indent=2)
