@@ -51,6 +51,8 @@ class Scenario:
     tracing: float | None = None
     archive: bool = False  # [[archives]] for the broker: every event also appended to a stream
     cesql: bool = False  # the triggers' filters written in CESQL instead of filter.attributes
+    pattern: bool = False  # EventBridge patterns on the data (bucket name, size): content matching
+    template: bool = False  # the matching trigger delivers a TEMPLATE transformation
     workers: int = 1  # bridge run --workers N
     backlog: int = 0  # messages waiting for a trigger whose subscriber is down (refuses)
 
@@ -61,6 +63,15 @@ SCENARIOS = [
     Scenario("bridge 1 trigger 1KB + archive", "bridge", archive=True),
     Scenario("bridge 20 disjoint triggers", "bridge", triggers=20, matching=1),
     Scenario("bridge 20 disjoint cesql triggers", "bridge", triggers=20, matching=1, cesql=True),
+    Scenario("bridge 20 pattern triggers", "bridge", triggers=20, matching=1, pattern=True),
+    Scenario(
+        "bridge 20 pattern triggers + TEMPLATE",
+        "bridge",
+        triggers=20,
+        matching=1,
+        pattern=True,
+        template=True,
+    ),
     Scenario("bridge fan-out x5", "bridge", triggers=5, matching=5),
     Scenario("bridge backlog 100k down subscriber", "bridge", backlog=100_000),
     Scenario("bridge --workers 2", "bridge", workers=2),
@@ -169,6 +180,17 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+PATTERN = (
+    'pattern = \'{"source": ["acs.oss"], "type": [{"prefix": "oss:ObjectCreated:"}], "data": '
+    '{"oss": {"bucket": {"name": ["BUCKET"]}, "object": {"size": [{"numeric": [">", 1024]}]}}}}\''
+)
+TEMPLATE = (
+    'transformation = { form = "TEMPLATE", value = { bucket = "$.data.oss.bucket.name", '
+    'key = "$.data.oss.object.key", size = "$.data.oss.object.size" }, template = '
+    '\'{"bucket": "${bucket}", "key": "${key}", "size": ${size}}\' }'
+)
+
+
 def bridge_config(
     scenario: Scenario, amqp: str, port: int, admin: int, sink: str, otlp: int
 ) -> str:
@@ -193,7 +215,12 @@ def bridge_config(
         lines.append('[[archives]]\nbroker = "default/eventbridge-default-broker"')
     for i in range(scenario.triggers):
         event_type = "oss:ObjectCreated:PutObject" if i < scenario.matching else f"bench:other:{i}"
-        if scenario.cesql:
+        if scenario.pattern:  # the same source and type: the bucket in the data tells them apart
+            bucket = "knative" if i < scenario.matching else f"bench-bucket-{i}"
+            match = PATTERN.replace("BUCKET", bucket)
+            if scenario.template and i < scenario.matching:
+                match += "\n" + TEMPLATE
+        elif scenario.cesql:
             match = f"filters = [{{ cesql = \"source = 'acs.oss' AND type = '{event_type}'\" }}]"
         else:
             match = f'filter.attributes = {{ source = "acs.oss", type = "{event_type}" }}'
@@ -354,7 +381,7 @@ def futile_attempts(stack: Stack, seconds: float, result: Result) -> None:
         return sum(
             float(line.rsplit(" ", 1)[1])
             for line in text.splitlines()
-            if line.startswith('bridge_deliveries_total{trigger="default/down"')
+            if line.startswith("bridge_deliveries_total{") and 'trigger="default/down"' in line
         )
 
     time.sleep(2.0)  # the first attempts find the subscriber down and the throttle engages
