@@ -22,22 +22,22 @@ from opentelemetry.sdk.trace import SpanProcessor
 
 from bridge import names
 from bridge.admin import Admin
-from bridge.amqp.browse import queue_depths
+from bridge.amqp.browse import queue_stats
 from bridge.amqp.connection import SETUP_ERRORS, AMQPLink
 from bridge.amqp.consumer import QueueConsumer
 from bridge.amqp.publisher import Publisher
-from bridge.amqp.topology import Declarer
+from bridge.amqp.topology import Declarer, QueueKind
 from bridge.amqp.wire import Connection
 from bridge.archive import archive_streams
 from bridge.config import LoadedConfig
 from bridge.config import load as load_config
 from bridge.descriptors import DescriptorWatch, raise_open_file_limit
-from bridge.dispatch import Dispatcher, consumer_prefetch
+from bridge.dispatch import REPEATED, Dispatcher, consumer_prefetch
 from bridge.dispatch import Role as DispatchRole
 from bridge.errors import BridgeError
 from bridge.http.client import SubscriberClient
 from bridge.http.server import HTTPServer
-from bridge.ingress import Ingress
+from bridge.ingress import UNAVAILABLE, Ingress
 from bridge.systemd import Notifier
 from bridge.telemetry.logging import register_secrets
 from bridge.telemetry.metrics import Metrics
@@ -87,20 +87,23 @@ class App:
             subscribers.client_key_password.get_secret_value(),
         )
         self.link = AMQPLink(
-            rabbit.url.get_secret_value(),
+            rabbit.nodes(),
             name=f"bridge ({role})",
             max_delay=rabbit.reconnect_max_delay.total_seconds(),
             on_state=lambda up: self.metrics.rabbitmq_connected.set(1 if up else 0),
+            order=rabbit.url_order,
+            probe_interval=rabbit.reconnect_probe_interval.total_seconds(),
+            connect_timeout=rabbit.connect_timeout.total_seconds(),
+            ssl_context=rabbit.ssl_context(),
         )
+        queue_kind = QueueKind(rabbit.queue_type, rabbit.quorum_initial_group_size)
         self.declarer = Declarer(
             self.routes,
-            rabbit.queue_type,
+            queue_kind,
             rabbit.unmatched_max_length,
             archive_streams(loaded, self.routes),
         )
-        self.publisher = Publisher(
-            self.link, rabbit.publish_timeout.total_seconds(), rabbit.queue_type
-        )
+        self.publisher = Publisher(self.link, rabbit.publish_timeout.total_seconds(), queue_kind)
         self.link.add(self.declarer)
         self.link.add(self.publisher)
         self.client = SubscriberClient(
@@ -270,10 +273,12 @@ class App:
             queues[trigger.dead_letter_queue] = ("dead_letter", trigger.key)
         for broker in self.routes.brokers:
             queues[names.unmatched(broker)] = ("unmatched", broker)
-        for queue, depth in (await queue_depths(conn, queues)).items():
-            if depth is not None:
+        for queue, stats in (await queue_stats(conn, queues)).items():
+            if stats is not None:
                 kind, owner = queues[queue]
-                self.metrics.child(self.metrics.queue_depth, kind, owner).set(depth)
+                self.metrics.child(self.metrics.queue_depth, kind, owner).set(stats[0])
+                if kind == "trigger":
+                    self.metrics.child(self.metrics.queue_consumers, kind, owner).set(stats[1])
 
     async def run(self, install_signals: bool = True) -> int:
         """Start, serve until SIGTERM/SIGINT (SIGHUP reloads), drain; the exit code."""
@@ -303,6 +308,8 @@ class App:
             await self.ingress_server.drain(left())  # 3. requests in flight finish publishing
         await self.publisher.wait_idle(left())
         await asyncio.gather(*(c.stop(left()) for c in self.consumers.values()))  # 4.
+        REPEATED.flush_all()  # the counts of repeated warnings not logged yet
+        UNAVAILABLE.flush_all()
         await self.link.stop()  # 5. close AMQP
         await self.client.close()
         for task in self._background:

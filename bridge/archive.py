@@ -32,7 +32,7 @@ import contextlib
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -44,11 +44,12 @@ from bridge import names
 from bridge.amqp import wire
 from bridge.amqp.browse import queue_depth
 from bridge.amqp.connection import AMQP_ERRORS, delivery_tag
-from bridge.amqp.topology import ArchiveStream, QueueType, queue_arguments, stream_max_age
+from bridge.amqp.topology import ArchiveStream, QueueKind, queue_arguments, stream_max_age
 from bridge.config import LoadedConfig
 from bridge.errors import BridgeError, ConfigError
+from bridge.filters.view import EventView
 from bridge.records import iso, replay_headers
-from bridge.triggers import Routes, build_routes
+from bridge.triggers import Routes, Trigger, build_routes
 
 REPLAY_EXTENSION = "ce-bridgereplay"
 OFFSET_HEADER = "x-stream-offset"
@@ -377,7 +378,8 @@ class Archives:
         self.connection = connection
         self.routes = build_routes(loaded)
         self.archives = archive_streams(loaded, self.routes)
-        self.queue_type: QueueType = loaded.settings.rabbitmq.queue_type
+        rabbitmq = loaded.settings.rabbitmq
+        self.queue_type = QueueKind(rabbitmq.queue_type, rabbitmq.quorum_initial_group_size)
 
     async def list_archives(self) -> list[ArchiveInfo]:
         return [await describe_archive(self.connection, a) for a in self.archives]
@@ -560,18 +562,33 @@ class Archives:
             if not lock.is_closed:
                 await lock.close()
 
-    def targets(self, request: ReplayRequest, attrs: dict[str, Any]) -> list[str]:
+    def targets(
+        self,
+        request: ReplayRequest,
+        attrs: dict[str, Any],
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> list[str]:
         """The queues an event goes to: the trigger's, or those of the broker's matching
-        triggers; none when --type or --source rule it out."""
+        triggers; none when --type or --source rule it out. Filters that read the event's data
+        (content patterns) see it through one `EventView`, parsed at most once."""
         if request.event_type is not None and attrs.get("ce-type") != request.event_type:
             return []
         if request.source is not None and attrs.get("ce-source") != request.source:
             return []
+        view = EventView(attrs, body, content_type)
         if request.trigger is not None:
             trigger = self.routes.trigger(request.trigger)
-            return [trigger.queue] if trigger and trigger.filter.predicate(attrs) else []
+            if trigger is None:
+                return []
+            return [trigger.queue] if trigger.filter.predicate(_seen(trigger, attrs, view)) else []
         triggers = self.routes.by_broker.get(request.broker, ())
-        return [t.queue for t in triggers if t.filter.predicate(attrs)]
+        return [t.queue for t in triggers if t.filter.predicate(_seen(t, attrs, view))]
+
+
+def _seen(trigger: Trigger, attrs: dict[str, Any], view: EventView) -> Mapping[str, object]:
+    """What a trigger's filter reads: the headers, or the view when it looks into the data."""
+    return view if trigger.filter.needs_data else attrs
 
 
 class _Rate:
@@ -677,8 +694,10 @@ class _Run:
         attrs.pop(names.ROUTE)
         # The broker's routing step: stamps bridge-received (now) and, when a filter looks at
         # datacontenttype, copies the content type where filters see it.
-        self.archives.routes.exchange_for(result.request.broker, attrs, content_type, time.time())
-        queues = self.archives.targets(result.request, attrs)
+        self.archives.routes.exchange_for(
+            result.request.broker, attrs, content_type, time.time(), message.body
+        )
+        queues = self.archives.targets(result.request, attrs, message.body, content_type)
         offset = int(str(headers.get(OFFSET_HEADER)))
         if self.publisher is None:  # dry run
             if queues:

@@ -83,6 +83,40 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+class SignatureSettings(_Strict):
+    """EventBridge's signed pushes (bridge.signature): its public key, never fetched by bridge."""
+
+    public_key: str = ""  # PEM file: RSA public key or X.509 certificate (relative: to the file)
+    public_keys_dir: str = ""  # folder of <region>.pem files (e.g. cn-hangzhou.pem)
+    public_url: str = ""  # the URL EventBridge calls, up to the path (empty: http(s)://Host)
+    accept_v1: bool = True  # version 1 (HMAC-SHA1, RSA-encrypted secret) as well as version 2
+
+    @field_validator("public_url")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.netloc):
+            raise ValueError(f"{value!r} is not an absolute http(s) URL")
+        return value
+
+
+def _broker_key(value: str) -> str:
+    namespace, sep, name = value.partition("/")
+    if not sep:
+        raise ValueError(f"broker {value!r} must be written namespace/name")
+    _dns_label("namespace", namespace)
+    _dns_label("broker name", name)
+    return value
+
+
+class BrokerPolicySpec(_Strict):
+    """One broker's ingress policy (bridge.policy): how senders authenticate, which may send."""
+
+    broker: Annotated[str, AfterValidator(_broker_key)]  # namespace/name
+    auth: Literal["token", "signature", "token+signature", "none"] | None = None
+    allowed_sources: list[str] | None = None  # exact, or with * wildcards; unset: any
+
+
 class IngressSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
@@ -95,6 +129,8 @@ class IngressSettings(_Strict):
     request_timeout: Duration = timedelta(seconds=60)
     # Connections served at once; one more is answered 503. 0: derived from the open-file limit.
     max_connections: int = Field(0, ge=0)
+    signature: SignatureSettings = SignatureSettings()
+    brokers: list[BrokerPolicySpec] = []
 
     @field_validator("default_broker")
     @classmethod
@@ -114,11 +150,24 @@ class AdminSettings(_Strict):
 
 class RabbitMQSettings(_Strict):
     url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/%2F")
+    # A cluster's nodes, instead of `url`: bridge connects to one (`url_order`), and on failure
+    # to the next.
+    urls: list[SecretStr] = []
+    url_order: Literal["random", "listed"] = "random"
     queue_type: Literal["quorum", "classic"] = "quorum"
+    # Replicas of each new quorum queue (x-quorum-initial-group-size); 0: RabbitMQ's default.
+    quorum_initial_group_size: int = Field(0, ge=0)
     prefetch: int = Field(256, ge=1, le=65535)
     publish_timeout: Duration = timedelta(seconds=5)
     unmatched_max_length: int = Field(10000, ge=1)
+    connect_timeout: Duration = timedelta(seconds=10)
     reconnect_max_delay: Duration = timedelta(seconds=30)
+    reconnect_probe_interval: Duration = timedelta(seconds=1)
+    # amqps:// (relative paths: to the configuration file); empty: the URL's own or the system's.
+    tls_ca: str = ""  # PEM file of the CA certificates that verify the brokers
+    tls_cert: str = ""  # PEM file: client certificate (chain) for mutual TLS
+    tls_key: str = ""  # PEM file of its private key; empty: the key is in tls_cert
+    tls_key_password: SecretStr = SecretStr("")
 
     @field_validator("url")
     @classmethod
@@ -126,6 +175,38 @@ class RabbitMQSettings(_Strict):
         if not value.get_secret_value().startswith(("amqp://", "amqps://")):
             raise ValueError("must be an amqp:// or amqps:// URL")
         return value
+
+    @field_validator("urls")
+    @classmethod
+    def _amqp_urls(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for index, url in enumerate(value):
+            if not url.get_secret_value().startswith(("amqp://", "amqps://")):
+                raise ValueError(f"urls[{index}] must be an amqp:// or amqps:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _one_address(self) -> RabbitMQSettings:
+        if self.urls and "url" in self.model_fields_set:
+            raise ValueError("set either url (one node) or urls (a cluster's nodes), not both")
+        if (self.tls_key or self.tls_key_password.get_secret_value()) and not self.tls_cert:
+            raise ValueError("tls_key and tls_key_password need tls_cert")
+        return self
+
+    def nodes(self) -> list[str]:
+        """The AMQP URLs to connect to: `urls`, else `url`."""
+        return [u.get_secret_value() for u in self.urls] or [self.url.get_secret_value()]
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for amqps:// from tls_ca / tls_cert / tls_key; None when unset."""
+        if not (self.tls_ca or self.tls_cert):
+            return None
+        context = ssl.create_default_context(cafile=self.tls_ca or None)
+        if self.tls_cert:
+            password = self.tls_key_password.get_secret_value()
+            context.load_cert_chain(
+                self.tls_cert, self.tls_key or None, password=password if password else lambda: b""
+            )
+        return context
 
 
 class KReference(_Strict):
@@ -250,6 +331,8 @@ class TriggerSpec(_Strict):
     broker: str = "default"
     filter: FilterSpec | None = None
     filters: list[dict[str, Any]] | None = None
+    pattern: dict[str, Any] | str | None = None  # an EventBridge event pattern (bridge.filters)
+    transformation: dict[str, Any] | None = None  # a target transformation (bridge.transform)
     subscriber: Destination
     delivery: DeliverySpec | None = None
     ordered: bool = False
@@ -440,6 +523,7 @@ _ANNOTATION_PARALLELISM = (
     "bridge.knative.dev/parallelism",
     "rabbitmq.eventing.knative.dev/parallelism",
 )
+_ANNOTATION_TRANSFORMATION = "bridge.knative.dev/transformation"
 _SPEC_KEYS = {"broker", "filter", "filters", "subscriber", "delivery"}
 
 
@@ -469,6 +553,15 @@ def _trigger_from_manifest(doc: dict[str, Any], where: str) -> TriggerSpec:
                 raise ConfigError(f"{where}: metadata.annotations.{key}: must be true or false.")
             fields["ordered"] = value == "true"
     rename = {"name": "metadata.name", "namespace": "metadata.namespace"}
+    if _ANNOTATION_TRANSFORMATION in annotations:
+        text = annotations[_ANNOTATION_TRANSFORMATION]
+        try:
+            fields["transformation"] = yaml.safe_load(str(text))
+        except yaml.YAMLError:
+            raise ConfigError(
+                f"{where}: metadata.annotations.{_ANNOTATION_TRANSFORMATION}: not JSON or YAML."
+            ) from None
+        rename["transformation"] = f"metadata.annotations.{_ANNOTATION_TRANSFORMATION}"
     for key in _ANNOTATION_PARALLELISM:
         if key in annotations:
             fields["parallelism"] = annotations[key]
@@ -540,14 +633,49 @@ def check_client_certificate(subscribers: SubscriberSettings, source: str) -> No
         ) from None
 
 
+def check_rabbitmq_tls(rabbitmq: RabbitMQSettings, source: str) -> None:
+    """ConfigError unless the RabbitMQ TLS files load."""
+    for key in ("tls_ca", "tls_cert", "tls_key"):
+        file = getattr(rabbitmq, key)
+        if file and not Path(file).is_file():
+            raise ConfigError(f"{source}: rabbitmq.{key}: {file} is not a file.")
+    try:
+        rabbitmq.ssl_context()
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        raise ConfigError(
+            f"{source}: rabbitmq.tls_cert: the TLS files cannot be loaded ({reason}; an "
+            "encrypted key needs tls_key_password)."
+        ) from None
+
+
 def _relative_to(settings: Settings, folder: Path) -> Settings:
     """Relative certificate paths are relative to the configuration file, as triggers_path."""
+    rabbitmq = settings.rabbitmq
+    tls = {
+        key: str(folder / getattr(rabbitmq, key))
+        for key in ("tls_ca", "tls_cert", "tls_key")
+        if getattr(rabbitmq, key) and not Path(getattr(rabbitmq, key)).is_absolute()
+    }
+    if tls:
+        settings = settings.model_copy(update={"rabbitmq": rabbitmq.model_copy(update=tls)})
     subscribers = settings.subscribers
     update = {}
     for key in ("client_cert", "client_key"):
         file = getattr(subscribers, key)
         if file and not Path(file).is_absolute():
             update[key] = str(folder / file)
+    signature = settings.ingress.signature
+    keys = {
+        key: str(folder / getattr(signature, key))
+        for key in ("public_key", "public_keys_dir")
+        if getattr(signature, key) and not Path(getattr(signature, key)).is_absolute()
+    }
+    if keys:
+        ingress = settings.ingress.model_copy(
+            update={"signature": signature.model_copy(update=keys)}
+        )
+        settings = settings.model_copy(update={"ingress": ingress})
     if not update:
         return settings
     return settings.model_copy(update={"subscribers": subscribers.model_copy(update=update)})
@@ -561,6 +689,7 @@ def load(cli_path: str | None = None) -> LoadedConfig:
     if path is not None:
         settings = _relative_to(settings, path.parent)
     check_client_certificate(settings.subscribers, f"{source} (or a BRIDGE_ environment variable)")
+    check_rabbitmq_tls(settings.rabbitmq, f"{source} (or a BRIDGE_ environment variable)")
     triggers: list[tuple[TriggerSpec, str]] = [
         (t, f"{source}: triggers[{i}]") for i, t in enumerate(settings.triggers)
     ]

@@ -44,13 +44,19 @@ from bridge.delivery import EffectiveDelivery, Outcome, classify, retry_delay
 from bridge.encodings import encoder
 from bridge.errors import BrokerUnavailable
 from bridge.events import TRACEPARENT, TRACESTATE, TTL_ATTRIBUTE, Event, event_from_reply
+from bridge.filters import EventView
 from bridge.ports import SYSTEM_CLOCK, Answer, Clock, Inbound, Producer, Subscribers
-from bridge.records import dead_letter_headers, describe_answer, retry_headers
+from bridge.records import dead_letter_headers, describe_answer, failure_kind, retry_headers
+from bridge.telemetry.logging import Aggregator
 from bridge.telemetry.metrics import Metrics, exemplar
 from bridge.telemetry.tracing import Span, Tracing
+from bridge.transform import TransformError
 from bridge.triggers import Routes, Trigger
 
 log = logging.getLogger("bridge.dispatch")
+# Dead letters and returned messages come in storms: one line per trigger and reason every few
+# seconds, with counts (each event in full at DEBUG; `bridge dlq show`, traces).
+REPEATED = Aggregator(log, lambda key: f"trigger {key[0]}: {key[1]}")
 
 PREFER_REPLY = "reply"
 RETURN_PAUSE = 0.5  # seconds before a message whose settling failed goes back to its queue
@@ -144,6 +150,10 @@ class Dispatcher:
             self._ca_certs = trigger.subscriber_ca_certs
             self.queue = trigger.queue
         self._encode = encoder(trigger.delivery.format)
+        # The trigger's transformation changes what a subscriber gets (a sink gets the event).
+        self._transform = trigger.transformation if role == "subscriber" else None
+        if self._transform is not None:
+            self._encode = self._transform.encoder(self._encode)
         self._parallelism = trigger.parallelism
         self._waiting: deque[Inbound] = deque()
         self._active = 0
@@ -246,18 +256,30 @@ class Dispatcher:
     # -- one message --
     async def handle(self, message: Inbound) -> None:
         headers = message.headers
-        if self.role == "subscriber" and not self.trigger.filter.predicate(headers):
+        admits = self.trigger.filter
+        view = None  # headers + data parsed once, for a filter and a transformation that read it
+        if admits.needs_data and self.role == "subscriber":
+            view = EventView(headers, message.body, message.content_type)
+        if self.role == "subscriber" and not admits.predicate(headers if view is None else view):
             self._m_filtered.inc()
             message.ack()
             return
-        event = Event(headers, message.content_type, message.body)
+        event = outgoing = Event(headers, message.content_type, message.body)
         attempts = int(str(headers.get(names.ATTEMPTS, 0)))
+        if self._transform is not None:
+            try:
+                outgoing = self._transform.apply(event, view)
+            except TransformError as exc:  # no request can be made: dead-letter it, no retry
+                error = f"the {self._transform.form} transformation failed: {exc}"
+                answer = Answer(-1, {}, b"", error, 0.0, permanent=True)
+                await self._execute(message, event, DeadLetter(attempts, answer))
+                return
         tracing = self._tracing
         while True:
             span = None
             if tracing.enabled and tracing.sampled(headers.get(TRACEPARENT)):
                 span = tracing.consumer_span(self.queue, self.trigger.key, headers, attempts + 1)
-            answer = await self._attempt(event, span)
+            answer = await self._attempt(outgoing, span)
             attempts += 1
             disposition = decide(
                 answer, attempts, self.trigger.delivery, self.role, self._clock.time()
@@ -332,7 +354,13 @@ class Dispatcher:
             else:
                 await self._publish_dead_letter(event, disposition, span)
         except BrokerUnavailable as exc:
-            log.warning("cannot settle a message of %s, returning it: %s", self.queue, exc)
+            REPEATED.record(
+                (self.trigger.key, "messages returned to the queue (RabbitMQ unavailable)"),
+                "cannot settle a message of %s, returning it: %s",
+                self.queue,
+                exc,
+                extra={"trigger": self.trigger.key},
+            )
             await self._give_back(message)
             return
         self._settle_failures = 0
@@ -402,7 +430,8 @@ class Dispatcher:
             target, destination = trigger.dead_letter_queue, "queue"
         await self._to_queue(f"dead-letter {target}", event, headers, target, span)
         self._metrics.child(self._metrics.dead_letters, trigger.key, destination).inc()
-        log.warning(
+        REPEATED.record(
+            (trigger.key, f"dead letters ({failure_kind(dead.answer)})"),
             "dead-lettered event %s of trigger %s after %d attempt(s): %s",
             event.id,
             trigger.key,
@@ -432,7 +461,7 @@ class Dispatcher:
             attrs[TRACEPARENT] = traceparent
         broker = self.trigger.broker_key
         exchange, matched = self.routes.exchange_for(
-            broker, attrs, reply.content_type, self._clock.time()
+            broker, attrs, reply.content_type, self._clock.time(), reply.data
         )
         with self._tracing.producing("publish reply", span, exchange, attrs):
             await self._producer.publish(

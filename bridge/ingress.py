@@ -1,10 +1,14 @@
 """HTTP in -> durable publish: the Knative broker ingress that EventBridge delivers to.
 
 Checks in order, from the headers alone before the body is read: method (405; OPTIONS answers
-200 for webhook validation), token (401, constant-time), broker path (404), declared size (413).
-Then the body is decoded once (400/415), each event is routed (to its broker's exchange, or to
-the broker's `unmatched` queue when no trigger matches) and published; 202 only once RabbitMQ
-confirmed every event of the request, else 503 with Retry-After.
+200 for webhook validation), token (401, constant-time), broker path (404), the signature headers
+and their age when the broker wants EventBridge's signature (401), declared size (413). With
+the body: the signature itself (401), then the body is decoded once (400/415), the broker's
+allowed sources checked (403), each event is routed (to its broker's exchange, or to the
+broker's `unmatched` queue when no trigger matches) and published; 202 only once RabbitMQ
+confirmed every event of the request, else 503 with Retry-After. The token and signature a
+broker asks for, and the sources it takes, are its `[[ingress.brokers]]` policy (`Routes.policies`;
+a broker without one asks for the token when `auth_token` is set).
 """
 
 from __future__ import annotations
@@ -25,11 +29,14 @@ from bridge.events import (
     decode_http,
 )
 from bridge.http.server import Handler, Request, Response, json_error
+from bridge.telemetry.logging import Aggregator
 from bridge.telemetry.metrics import Metrics
 from bridge.telemetry.tracing import TRACEPARENT_FORMAT, Span, Tracing
 from bridge.triggers import Routes
 
 log = logging.getLogger("bridge.ingress")
+# While RabbitMQ is away every request is a 503: one line per broker every few seconds, counted.
+UNAVAILABLE = Aggregator(log, lambda key: f"broker {key[0]}: {key[1]}", owner="broker")
 
 ACCEPTED = Response(202)
 ALLOW = [("allow", "POST, OPTIONS")]
@@ -76,7 +83,11 @@ class Ingress(Handler):
             return self._options(request)
         if method != "POST":
             return json_error(405, f"{method} is not allowed; send events with POST.", ALLOW)
-        if self._token and not self._authorized(request.headers):
+        broker = self.routes.broker_for_path(request.path)
+        policy = self.routes.policies.get(broker) if broker is not None else None
+        if (self._token if policy is None else policy.token) and not self._authorized(
+            request.headers
+        ):
             self._reject("", "unauthorized")
             return json_error(
                 401,
@@ -84,10 +95,13 @@ class Ingress(Handler):
                 "x-eventbridge-signature-token).",
                 [("www-authenticate", "Bearer")],
             )
-        broker = self.routes.broker_for_path(request.path)
         if broker is None:
             self._reject("", "unknown_broker")
             return json_error(404, f"no broker is served at {request.path[:200]!r}.")
+        if policy is not None and policy.verifier is not None:
+            problem = policy.verifier.check_headers(request.headers, time.time())
+            if problem is not None:
+                return self._unsigned(broker, problem)
         if content_length is not None and content_length > self.max_body:
             self._reject(broker, "too_large")
             return json_error(
@@ -116,12 +130,23 @@ class Ingress(Handler):
     def _reject(self, broker: str, reason: str) -> None:
         self._metrics.received(broker, "rejected", reason).inc()
 
+    def _unsigned(self, broker: str, problem: str) -> Response:
+        self._reject(broker, "bad_signature")
+        return json_error(401, problem, [("www-authenticate", "EventBridge-Signature")])
+
     # -- with the body --
     async def handle(self, request: Request) -> Response:
         broker = self.routes.broker_for_path(request.path)
         if broker is None:  # the routes were swapped by a reload since the headers arrived
             self._reject("", "unknown_broker")
             return json_error(404, f"no broker is served at {request.path[:200]!r}.")
+        policy = self.routes.policies.get(broker)
+        if policy is not None and policy.verifier is not None:
+            problem = policy.verifier.verify(
+                request.headers, request.path, request.query, request.body, time.time()
+            )
+            if problem is not None:
+                return self._unsigned(broker, problem)
         if request.repeated:
             duplicate = _singleton_repeated(request.repeated)
             if duplicate is not None:
@@ -135,6 +160,14 @@ class Ingress(Handler):
             reason = {415: "unsupported_format", 413: "too_large"}.get(exc.status, "invalid")
             self._reject(broker, reason)
             return json_error(exc.status, str(exc))
+        if policy is not None and policy.sources is not None:
+            for event in events:
+                if not policy.allows(event.source):
+                    self._reject(broker, "forbidden_source")
+                    source = event.source[:200]
+                    return json_error(
+                        403, f"the broker {broker} does not take events from {source!r}."
+                    )
         if self._publisher.blocked is not None:
             # A resource alarm: a publish would only wait for publish_timeout, then be stored
             # anyway after a 503. Refuse at once instead, storing nothing.
@@ -167,7 +200,9 @@ class Ingress(Handler):
                 )
         except BrokerUnavailable as exc:
             self._metrics.received(broker, "unavailable").inc(len(events))
-            log.warning("answering 503: %s", exc)
+            UNAVAILABLE.record(
+                (broker, "answered 503"), "answering 503: %s", exc, extra={"broker": broker}
+            )
             if span is not None:
                 span.set_attribute("http.response.status_code", 503)
                 self._tracing.fail(span, str(exc))
@@ -196,7 +231,9 @@ class Ingress(Handler):
             attrs[TRACEPARENT] = traceparent
             if tracestate is not None:
                 attrs[TRACESTATE] = tracestate
-        exchange, matched = self.routes.exchange_for(broker, attrs, event.content_type, time.time())
+        exchange, matched = self.routes.exchange_for(
+            broker, attrs, event.content_type, time.time(), event.data
+        )
         # With tracing, the consumer continues from this publish's span.
         with self._tracing.producing(f"publish {exchange}", server_span, exchange, attrs):
             await self._publisher.publish(

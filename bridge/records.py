@@ -43,6 +43,15 @@ def describe_answer(answer: Answer) -> str:
     return f"HTTP {answer.status}"
 
 
+def failure_kind(answer: Answer) -> str:
+    """Why an attempt failed, in a few stable words (what repeated log lines are grouped by)."""
+    if answer.permanent:
+        return "cannot be sent"
+    if answer.status == NO_RESPONSE:
+        return "no response"
+    return f"HTTP {answer.status}"
+
+
 def carried_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     """What a republished copy keeps: the event's attributes, trace context and bridge's record."""
     return {k: v for k, v in headers.items() if not k.startswith("x-")}

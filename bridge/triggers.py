@@ -6,8 +6,10 @@ and the dispatchers share; a reload builds a new snapshot and swaps it whole.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import ssl
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -22,8 +24,11 @@ from bridge.config import (
 from bridge.delivery import EffectiveDelivery
 from bridge.errors import ConfigError
 from bridge.events import CONTENT_TYPE_ATTRIBUTE
-from bridge.filters import Attributes, CompiledFilter, compile_trigger_filter
+from bridge.filters import Attributes, CompiledFilter, EventView, compile_trigger_filter
+from bridge.policy import BrokerPolicy, build_policy
 from bridge.redact import redact_url
+from bridge.signature import Keys, Verifier
+from bridge.transform import Transformation, compile_transformation
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +45,8 @@ class Trigger:
     # in addition to the system trust store.
     subscriber_ca_certs: str | None = None
     sink_ca_certs: str | None = None
+    # What is delivered instead of the event (None: the event as it is).
+    transformation: Transformation | None = None
 
     @property
     def namespace(self) -> str:
@@ -73,6 +80,10 @@ class Routes:
     # Some filter looks at datacontenttype, which travels as the AMQP content type: the
     # ingress then copies it into a `ce-datacontenttype` header for RabbitMQ and the consumers.
     content_type_filtered: bool = False
+    # Brokers with a trigger whose filter reads the event's data (an EventBridge pattern).
+    data_filtered: frozenset[str] = frozenset()
+    # Per-broker ingress policy ([[ingress.brokers]]); a broker without one: the defaults.
+    policies: dict[str, BrokerPolicy] = field(default_factory=dict)
 
     @property
     def brokers(self) -> list[str]:
@@ -87,14 +98,33 @@ class Routes:
     def broker_for_path(self, path: str) -> str | None:
         return self.paths.get(path)
 
-    def matches_any(self, broker_key: str, attrs: Attributes) -> bool:
+    def matches_any(
+        self,
+        broker_key: str,
+        attrs: Attributes,
+        data: bytes | None = None,
+        content_type: str | None = None,
+    ) -> bool:
+        """Whether a trigger of the broker takes the event. Filters that read the data get one
+        view of it, parsed at most once (and only if one of them gets that far)."""
+        if broker_key in self.data_filtered:
+            view = EventView(attrs, data or b"", content_type)
+            for trigger in self.by_broker.get(broker_key, ()):
+                if trigger.filter.predicate(view if trigger.filter.needs_data else attrs):
+                    return True
+            return False
         for trigger in self.by_broker.get(broker_key, ()):
             if trigger.filter.predicate(attrs):
                 return True
         return False
 
     def exchange_for(
-        self, broker_key: str, attrs: dict[str, Any], content_type: str | None, now: float
+        self,
+        broker_key: str,
+        attrs: dict[str, Any],
+        content_type: str | None,
+        now: float,
+        data: bytes | None = None,
     ) -> tuple[str, bool]:
         """Where an event entering `broker_key` is published, and whether a trigger matches it.
 
@@ -106,9 +136,43 @@ class Routes:
         attrs[names.RECEIVED] = int(now * 1000)
         if self.content_type_filtered and content_type is not None:
             attrs[CONTENT_TYPE_ATTRIBUTE] = content_type
-        if self.matches_any(broker_key, attrs):
+        if broker_key in self.data_filtered:
+            matched = self._mark(broker_key, attrs, data, content_type)
+        else:
+            matched = self.matches_any(broker_key, attrs)
+        if matched:
             return names.broker_exchange(broker_key), True
         return names.unmatched(broker_key), False
+
+    def _mark(
+        self, broker_key: str, attrs: dict[str, Any], data: bytes | None, content_type: str | None
+    ) -> bool:
+        """Evaluate every filter that reads the data, here, once: each one that matches marks
+        the event with its trigger's header, which is what its queue is bound on (RabbitMQ cannot
+        read the data, and binding on the attributes alone would copy every event into every such
+        queue). The data is parsed at most once; the consumer checks again (a reload may have
+        changed the filter meanwhile)."""
+        view = EventView(attrs, data or b"", content_type)
+        matched = False
+        for trigger in self.by_broker.get(broker_key, ()):
+            compiled = trigger.filter
+            if compiled.needs_data:
+                mark = match_header(trigger.key)
+                if compiled.predicate(view):
+                    attrs[mark] = "1"
+                    matched = True
+                else:
+                    attrs.pop(mark, None)  # a reply carries no mark of its original
+            elif not matched and compiled.predicate(attrs):
+                matched = True
+        return matched
+
+
+@functools.cache
+def match_header(trigger_key: str) -> str:
+    """The header that marks an event for a trigger whose filter reads the data (short: AMQP
+    header names end at 128 bytes, trigger keys may take 127)."""
+    return "bridge-match-" + hashlib.sha256(trigger_key.encode()).hexdigest()[:20]
 
 
 def _check_url(url: str, where: str) -> str:
@@ -196,8 +260,11 @@ def build_routes(loaded: LoadedConfig) -> Routes:
             ca_certs(sink_dest, f"{where}: delivery.deadLetterSink") if sink_dest else None
         )
         compiled = compile_trigger_filter(
-            spec.filter.attributes if spec.filter else None, spec.filters, where
+            spec.filter.attributes if spec.filter else None, spec.filters, where, spec.pattern
         )
+        if compiled.needs_data:  # bound on the mark the routing step gives matching events
+            key = f"{spec.namespace}/{spec.name}"
+            compiled = replace(compiled, bindings=({match_header(key): "1"},), exact=False)
         triggers.append(
             Trigger(
                 key=f"{spec.namespace}/{spec.name}",
@@ -210,6 +277,9 @@ def build_routes(loaded: LoadedConfig) -> Routes:
                 source=where,
                 subscriber_ca_certs=ca_certs(spec.subscriber, f"{where}: subscriber"),
                 sink_ca_certs=sink_ca_certs,
+                transformation=compile_transformation(
+                    spec.transformation, f"{where}: transformation"
+                ),
             )
         )
     by_broker: dict[str, list[Trigger]] = {default_broker: []}
@@ -225,7 +295,39 @@ def build_routes(loaded: LoadedConfig) -> Routes:
         by_broker={k: tuple(v) for k, v in by_broker.items()},
         paths=paths,
         content_type_filtered=any("ce-datacontenttype" in t.filter.keys for t in triggers),
+        data_filtered=frozenset(t.broker_key for t in triggers if t.filter.needs_data),
+        policies=build_policies(loaded, set(by_broker)),
     )
+
+
+def build_policies(loaded: LoadedConfig, brokers: set[str]) -> dict[str, BrokerPolicy]:
+    """`[[ingress.brokers]]`: each broker's auth and allowed senders (public keys loaded)."""
+    ingress = loaded.settings.ingress
+    where = f"{loaded.source} (or a BRIDGE_ environment variable): ingress"
+    signature = ingress.signature
+    verifier = None
+    if signature.public_key or signature.public_keys_dir:
+        keys = Keys.load(signature.public_key, signature.public_keys_dir, f"{where}.signature")
+        verifier = Verifier(keys, signature.public_url, signature.accept_v1)
+    policies: dict[str, BrokerPolicy] = {}
+    for index, spec in enumerate(ingress.brokers):
+        at = f"{where}.brokers[{index}]"
+        if spec.broker in policies:
+            raise ConfigError(f"{at}.broker: a second entry for {spec.broker}.")
+        if spec.broker not in brokers:
+            raise ConfigError(
+                f"{at}.broker: {spec.broker} is not a broker bridge serves (no trigger names "
+                "it and it is not the default broker)."
+            )
+        policies[spec.broker] = build_policy(
+            spec.broker,
+            spec.auth,
+            spec.allowed_sources,
+            token_set=bool(ingress.auth_token.get_secret_value()),
+            verifier=verifier,
+            where=at,
+        )
+    return policies
 
 
 def _duration(seconds: float) -> str:
@@ -265,6 +367,10 @@ def describe(routes: Routes) -> str:
             f"trigger {t.key}",
             f"  broker:     {t.broker_key}",
             f"  filter:     {t.filter.description}",
+        ]
+        if t.transformation is not None:
+            lines.append(f"  transform:  {t.transformation.description}")
+        lines += [
             f"  subscriber: {redact_url(t.subscriber)}{_trust(t.subscriber_ca_certs)}",
             f"  delivery:   {' '.join(parts)}",
             f"  dispatch:   {mode}",

@@ -645,3 +645,25 @@ def test_times_and_rates() -> None:
     for bad in ("0", "-1/s", "inf", "x"):
         with pytest.raises(ConfigError):
             parse_rate(bad)
+
+
+async def test_replay_evaluates_content_patterns_on_the_archived_data(
+    conn, amqp, amqp_url, bridge_factory, subscriber_factory
+):
+    """A trigger whose EventBridge pattern looks into `data` gets exactly the archived events
+    whose data match; an attribute-only trigger gets them all."""
+    content = await subscriber_factory()
+    plain = await subscriber_factory()
+    triggers = [
+        trigger("content", content.url, pattern={"data": {"id": [{"prefix": "keep-"}]}}),
+        trigger("plain", plain.url),
+    ]
+    await bridge_factory(triggers=triggers, archives=[ARCHIVE])
+    since = HOUR_AGO_MS
+    stamps = {"keep-1": since + 1, "drop-1": since + 2, "keep-2": since + 3}
+    await archive_directly(amqp, [event_headers(k, v) for k, v in stamps.items()])
+    archives = archives_for(conn, amqp_url, triggers)
+    result = await archives.replay(archives.request(since, since + 1000))
+    assert (result.replayed, result.deliveries, result.failed) == (3, 5, 0)
+    assert ids(await settled(content, 2)) == ["keep-1", "keep-2"]
+    assert ids(await settled(plain, 3)) == ["drop-1", "keep-1", "keep-2"]

@@ -380,6 +380,7 @@ def test_overlay_targets_a_rabbitmq_cluster_with_quorum_queues() -> None:
     assert deployment["spec"]["replicas"] == 3
     (patched,) = deployment["spec"]["template"]["spec"]["containers"]
     assert env_of(patched)["BRIDGE_RABBITMQ__QUEUE_TYPE"] == "quorum"
+    assert env_of(patched)["BRIDGE_RABBITMQ__QUORUM_INITIAL_GROUP_SIZE"] == "3"
     url = overlay[("Secret", "bridge-secrets")]["stringData"]["rabbitmq-url"]
     assert "@rabbitmq.rabbitmq-system.svc:5672/" in url
     cluster = overlay[("RabbitmqCluster", "rabbitmq")]

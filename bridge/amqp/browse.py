@@ -47,6 +47,30 @@ async def queue_depths(connection: wire.Connection, queues: Iterable[str]) -> di
     return depths
 
 
+async def queue_stats(
+    connection: wire.Connection, queues: Iterable[str]
+) -> dict[str, tuple[int, int] | None]:
+    """(messages ready, consumers) of each queue, None for a queue that does not exist; asked
+    by passive declares as `queue_depths` does."""
+    stats: dict[str, tuple[int, int] | None] = {}
+    channel: wire.Channel | None = None
+    try:
+        for queue in dict.fromkeys(queues):
+            if channel is None or channel.is_closed:
+                channel = await connection.channel()
+            try:
+                ok = await channel.queue_declare(queue, passive=True)
+            except wire.NotFound:
+                stats[queue] = None
+            else:
+                stats[queue] = (ok.message_count, ok.consumer_count)
+    finally:
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(*AMQP_ERRORS):
+                await channel.close()
+    return stats
+
+
 async def queue_depth(connection: wire.Connection, queue: str) -> int | None:
     """Messages ready in `queue`, or None when it does not exist."""
     return (await queue_depths(connection, (queue,)))[queue]

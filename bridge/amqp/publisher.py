@@ -13,7 +13,7 @@ from typing import Any
 from bridge import names
 from bridge.amqp import wire
 from bridge.amqp.connection import AMQP_ERRORS, AMQPLink, broker_error
-from bridge.amqp.topology import DelayQueues, QueueType
+from bridge.amqp.topology import DelayQueues, QueueKind, QueueType
 from bridge.errors import BrokerUnavailable, PublishRejected
 
 Properties = wire.Properties
@@ -21,7 +21,7 @@ PERSISTENT = 2
 
 
 class Publisher:
-    def __init__(self, link: AMQPLink, timeout: float, queue_type: QueueType) -> None:
+    def __init__(self, link: AMQPLink, timeout: float, queue_type: QueueType | QueueKind) -> None:
         self._link = link
         self._timeout = timeout
         self._channel: wire.Channel | None = None
@@ -42,7 +42,8 @@ class Publisher:
     async def attach(self, connection: wire.Connection) -> None:
         channel = await connection.channel(publisher_confirms=True)
         self._link.watch_channel(channel, "publisher")
-        self.delays.reset()
+        declaring = await connection.channel() if self.delays.queue_type.type == "quorum" else None
+        self.delays.use(declaring)
         self._channel = channel
 
     async def detach(self) -> None:

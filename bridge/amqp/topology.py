@@ -20,6 +20,7 @@ catalog records.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -37,13 +38,27 @@ from bridge.triggers import Routes, Trigger
 log = logging.getLogger("bridge.amqp")
 
 QueueType = Literal["quorum", "classic"]
+
+
+class QueueKind(NamedTuple):
+    """What every queue bridge declares is: its type, and for quorum queues how many replicas a
+    new one gets (`x-quorum-initial-group-size`; 0: RabbitMQ's default)."""
+
+    type: QueueType
+    group_size: int = 0
+
+
+def queue_kind(kind: QueueType | QueueKind) -> QueueKind:
+    return kind if isinstance(kind, QueueKind) else QueueKind(kind)
+
+
 # A delay queue lives this long after its last declaration; any message in it expires sooner.
 DELAY_QUEUE_EXPIRES_MS = 3_600_000
 DELAY_REDECLARE_S = 900.0
 
 
 def queue_arguments(
-    queue_type: QueueType,
+    kind: QueueType | QueueKind,
     *,
     single_active: bool = False,
     max_length: int | None = None,
@@ -52,7 +67,10 @@ def queue_arguments(
     dead_letter_exchange: str | None = None,
     expires_ms: int | None = None,
 ) -> dict[str, Any]:
+    queue_type, group_size = queue_kind(kind)
     args: dict[str, Any] = {"x-queue-type": queue_type}
+    if queue_type == "quorum" and group_size:
+        args["x-quorum-initial-group-size"] = group_size
     if single_active:
         args["x-single-active-consumer"] = True
     if max_length is not None:
@@ -72,9 +90,9 @@ def queue_arguments(
     return args
 
 
-def delay_arguments(queue_type: QueueType, milliseconds: int) -> dict[str, Any]:
+def delay_arguments(kind: QueueType | QueueKind, milliseconds: int) -> dict[str, Any]:
     return queue_arguments(
-        queue_type,
+        kind,
         message_ttl_ms=milliseconds,
         dead_letter_exchange=names.RETRY_EXCHANGE,
         expires_ms=milliseconds + DELAY_QUEUE_EXPIRES_MS,
@@ -137,11 +155,47 @@ def _explain(exc: Exception, what: str) -> TopologyError:
     )
 
 
+GROUP_SIZE = "x-quorum-initial-group-size"
+_kept_group_size: set[str] = set()
+
+
 async def declare_queue(channel: wire.Channel, name: str, arguments: dict[str, Any]) -> None:
+    """Declare a durable queue (TopologyError when it exists with other arguments).
+
+    A quorum queue's initial group size only applies when it is created: RabbitMQ refuses a
+    declaration whose group size (or its absence) differs from the existing queue's, so a
+    quorum queue is declared on a channel of its own, and a refusal about that argument alone
+    keeps the queue as it is. RabbitMQ compares the group size after the queue type, single
+    active consumer, overflow and dead-lettering, so such a refusal means those matched."""
+    if arguments.get("x-queue-type") != "quorum":
+        try:
+            await channel.queue_declare(name, durable=True, arguments=arguments)
+        except wire.PreconditionFailed as exc:
+            raise _explain(exc, f"queue {name}") from None
+        return
+    side = await channel.connection.channel()
+    try:
+        await declare_quorum_queue(side, name, arguments)
+    finally:
+        if not side.is_closed:
+            await side.close()
+
+
+async def declare_quorum_queue(channel: wire.Channel, name: str, arguments: dict[str, Any]) -> None:
+    """Declare a quorum queue on a channel used for nothing else: a refusal about its initial
+    group size alone (which closes the channel) keeps the existing queue as it is."""
     try:
         await channel.queue_declare(name, durable=True, arguments=arguments)
     except wire.PreconditionFailed as exc:
-        raise _explain(exc, f"queue {name}") from None
+        if GROUP_SIZE not in str(exc):
+            raise _explain(exc, f"queue {name}") from None
+        if name not in _kept_group_size:
+            _kept_group_size.add(name)
+            log.info(
+                "queue %s exists with another initial group size; its replicas stay as they are "
+                "(rabbitmq-queues grow and shrink change them)",
+                name,
+            )
 
 
 def catalog_record(trigger: Trigger) -> dict[str, Any]:
@@ -180,7 +234,9 @@ async def catalog_keys(connection: wire.Connection) -> set[str]:
     return set(await read_catalog(connection))
 
 
-async def sync_catalog(connection: wire.Connection, queue_type: QueueType, routes: Routes) -> None:
+async def sync_catalog(
+    connection: wire.Connection, queue_type: QueueType | QueueKind, routes: Routes
+) -> None:
     """Bring the catalog and the bindings in line with `routes`.
 
     A configured trigger whose filter changed loses the bindings it no longer has; a trigger
@@ -288,12 +344,12 @@ class Declarer:
     def __init__(
         self,
         routes: Routes,
-        queue_type: QueueType,
+        queue_type: QueueType | QueueKind,
         unmatched_max_length: int,
         archives: Sequence[ArchiveStream] = (),
     ) -> None:
         self.routes = routes
-        self.queue_type = queue_type
+        self.queue_type = queue_kind(queue_type)
         self.unmatched_max_length = unmatched_max_length
         self.archives = tuple(archives)
 
@@ -420,20 +476,51 @@ class Declarer:
 
 
 class DelayQueues:
-    """Declares `bridge.delay.<ms>` queues on first use, and again before they could expire."""
+    """Declares `bridge.delay.<ms>` queues on first use, and again before they could expire.
 
-    def __init__(self, queue_type: QueueType) -> None:
-        self.queue_type = queue_type
+    One declaration at a time: the dispatchers of several triggers often need the same new delay
+    queue at once, and RabbitMQ can nack a publish to a quorum queue that concurrent declarations
+    are still creating. Quorum delay queues are declared on a channel of their own, kept for the
+    connection (see `declare_quorum_queue`): a refused declaration never closes the publisher's.
+    """
+
+    def __init__(self, queue_type: QueueType | QueueKind) -> None:
+        self.queue_type = queue_kind(queue_type)
         self._declared: dict[int, float] = {}
+        self._lock: asyncio.Lock | None = None
+        self._channel: wire.Channel | None = None
 
     def reset(self) -> None:
+        """Forget what was declared: each delay queue is declared again on its next use."""
         self._declared.clear()
+
+    def use(self, channel: wire.Channel | None) -> None:
+        """A new connection: `channel` is the one to declare quorum delay queues on (opened with
+        the connection, so a first retry waits no longer; None: opened when first needed)."""
+        self._declared.clear()
+        self._channel = channel
+
+    async def _declare(self, channel: wire.Channel, name: str, arguments: dict[str, Any]) -> None:
+        if self.queue_type.type != "quorum":
+            await declare_queue(channel, name, arguments)
+            return
+        own = self._channel
+        if own is None or own.is_closed or own.connection is not channel.connection:
+            own = self._channel = await channel.connection.channel()
+        await declare_quorum_queue(own, name, arguments)
+
+    def _due(self, milliseconds: int) -> bool:
+        last = self._declared.get(milliseconds)
+        return last is None or time.monotonic() - last > DELAY_REDECLARE_S
 
     async def ensure(self, channel: wire.Channel, milliseconds: int) -> str:
         name = names.delay_queue(milliseconds)
-        now = time.monotonic()
-        last = self._declared.get(milliseconds)
-        if last is None or now - last > DELAY_REDECLARE_S:
-            await declare_queue(channel, name, delay_arguments(self.queue_type, milliseconds))
-            self._declared[milliseconds] = now
+        if not self._due(milliseconds):
+            return name
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self._due(milliseconds):  # another dispatcher may have declared it meanwhile
+                await self._declare(channel, name, delay_arguments(self.queue_type, milliseconds))
+                self._declared[milliseconds] = time.monotonic()
         return name

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from bridge.cli import archive, config, display, dlq, run, send, topology
+from bridge.cli import archive, config, display, dlq, run, send, status, topology
 from bridge.cli.common import EXIT_FAILURE, EXIT_USAGE, Parser, fail
 from bridge.errors import BridgeError, ConfigError
 
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Alibaba Cloud EventBridge -> RabbitMQ -> Knative-style subscribers.",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for group in (run, config, display, send, dlq, topology, archive):
+    for group in (run, config, display, send, dlq, topology, archive, status):
         group.register(sub)
     return parser
 

@@ -26,4 +26,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         key = subscribers.client_key or "in the same file"
         print(f"client certificate (mutual TLS): {subscribers.client_cert}, key {key}")
     print(describe(routes))
+    for broker, policy in sorted(routes.policies.items()):
+        print(f"ingress policy {broker}: {policy.describe()}")
     return EXIT_OK

@@ -33,6 +33,8 @@ class CompiledFilter:
     description: str
     # Header-form keys of the attributes the filter looks at.
     keys: frozenset[str] = frozenset()
+    # The predicate looks into the event's data: give it an `EventView`, not the bare headers.
+    needs_data: bool = False
 
     def __call__(self, attrs: Attributes) -> bool:
         return self.predicate(attrs)
@@ -51,6 +53,8 @@ class Expression:
     description: str
     # Header-form keys of the attributes the expression looks at.
     keys: frozenset[str]
+    # The predicate reads the event's data (`EventView.data`), not only its attributes.
+    needs_data: bool = False
 
 
 def always(_: Attributes) -> bool:
@@ -89,6 +93,7 @@ def conjunction(nodes: list[Expression], description: str) -> Expression:
     nothing matches, and the predicate says so)."""
     exacts: dict[str, str] = {}
     pure = True
+    needs_data = any(node.needs_data for node in nodes)
     for node in nodes:
         for name, value in node.exacts.items():
             if exacts.get(name, value) != value:
@@ -99,9 +104,11 @@ def conjunction(nodes: list[Expression], description: str) -> Expression:
     if not nodes:
         return Expression(always, exacts, pure, description, keys)
     if len(nodes) == 1:
-        return Expression(nodes[0].predicate, exacts, pure, description, keys)
+        return Expression(nodes[0].predicate, exacts, pure, description, keys, needs_data)
     frozen = tuple(node.predicate for node in nodes)
-    return Expression(lambda attrs: all(p(attrs) for p in frozen), exacts, pure, description, keys)
+    return Expression(
+        lambda attrs: all(p(attrs) for p in frozen), exacts, pure, description, keys, needs_data
+    )
 
 
 def product_bindings(

@@ -14,7 +14,12 @@ def compile_all(arg: Any, where: str) -> Expression:
     """`all: [expr, ...]`: every expression holds (an empty list: every event)."""
     node = compile_list(arg, where)
     return Expression(
-        node.predicate, node.exacts, node.pure, "(" + node.description + ")", node.keys
+        node.predicate,
+        node.exacts,
+        node.pure,
+        "(" + node.description + ")",
+        node.keys,
+        node.needs_data,
     )
 
 
@@ -30,6 +35,7 @@ def compile_any(arg: Any, where: str) -> Expression:
         False,
         "(" + " or ".join(node.description for node in nodes) + ")",
         frozenset().union(*(node.keys for node in nodes)),
+        any(node.needs_data for node in nodes),
     )
 
 
@@ -38,5 +44,10 @@ def compile_not(arg: Any, where: str) -> Expression:
     node = compile_expr(arg, where)
     inner = node.predicate
     return Expression(
-        lambda attrs: not inner(attrs), {}, False, "not " + node.description, node.keys
+        lambda attrs: not inner(attrs),
+        {},
+        False,
+        "not " + node.description,
+        node.keys,
+        node.needs_data,
     )

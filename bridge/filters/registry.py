@@ -70,7 +70,11 @@ def compile_list(items: Any, where: str) -> Expression:
 
 def compile_filters(filters: list[dict[str, Any]], where: str) -> CompiledFilter:
     """Compile Knative's `filters` (an implicit `all` of dialect expressions)."""
-    node = compile_list(filters, f"{where}.filters")
+    return compiled(compile_list(filters, f"{where}.filters"))
+
+
+def compiled(node: Expression) -> CompiledFilter:
+    """A trigger's whole filter from its expression: the predicate and RabbitMQ's bindings."""
     bindings, complete = product_bindings([(n, (v,)) for n, v in node.exacts.items()])
     return CompiledFilter(
         node.predicate,
@@ -78,4 +82,5 @@ def compile_filters(filters: list[dict[str, Any]], where: str) -> CompiledFilter
         node.pure and complete,
         node.description or "(all events)",
         node.keys,
+        node.needs_data,
     )

@@ -100,7 +100,7 @@ def default_max_connections() -> int:
 
 
 class Request:
-    __slots__ = ("body", "headers", "method", "path", "peer", "repeated")
+    __slots__ = ("body", "headers", "method", "path", "peer", "query", "repeated")
 
     def __init__(
         self,
@@ -110,9 +110,11 @@ class Request:
         body: bytes,
         peer: str,
         repeated: frozenset[str] = _NO_REPEATS,
+        query: str = "",
     ) -> None:
         self.method = method
         self.path = path
+        self.query = query  # after the "?", undecoded (EventBridge signs the URL with it)
         self.headers = headers
         self.body = body
         self.peer = peer
@@ -380,6 +382,7 @@ class _Connection(asyncio.Protocol):
             b"",
             self.peer,
             _NO_REPEATS if repeated is None else frozenset(repeated),
+            "" if cut < 0 else url[cut + 1 :].decode("latin-1"),
         )
         self._request = request
         if "upgrade" in headers or method == "CONNECT":

@@ -6,6 +6,7 @@ attribute lookup and an `inc()`/`observe()` per event.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -93,11 +94,24 @@ class Metrics:
             ["kind", "owner"],
             registry=r,
         )
+        self.queue_consumers = Gauge(
+            "bridge_queue_consumers",
+            "Consumers of a trigger's queue, every replica's (polled with the queue depths).",
+            ["kind", "owner"],
+            registry=r,
+        )
         self.unreachable = Gauge(
             "bridge_subscriber_unreachable",
             "1 while a trigger's subscriber (or dead-letter sink) refuses connections and its "
             "attempts are throttled.",
             ["trigger"],
+            registry=r,
+        )
+        self.last_failure = Gauge(
+            "bridge_last_failure_timestamp_seconds",
+            "When a delivery attempt of the trigger last failed (Unix time), by status code "
+            "(-1: no response).",
+            ["trigger", "code"],
             registry=r,
         )
         self.rabbitmq_connected = Gauge(
@@ -113,12 +127,15 @@ class Metrics:
         return child
 
     def delivered(self, trigger: str, code: int) -> Counter:
+        """The attempts counter of (trigger, code); a failed attempt's time is noted too."""
         key = ("d", trigger, str(code))
         child = self._cache.get(key)
         if child is None:
             child = self._cache[key] = self.deliveries.labels(
                 trigger, str(code), status_class(code)
             )
+        if not 200 <= code < 300:
+            self.child(self.last_failure, trigger, str(code)).set(time.time())
         return child
 
     def child(self, metric: Any, *labels: str) -> Any:

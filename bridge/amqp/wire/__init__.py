@@ -23,6 +23,7 @@ from bridge.amqp.wire.errors import (
     PublishNacked,
     PublishReturned,
     ResourceLocked,
+    Unreachable,
 )
 from bridge.amqp.wire.properties import Properties
 
@@ -47,5 +48,6 @@ __all__ = [
     "PublishNacked",
     "PublishReturned",
     "ResourceLocked",
+    "Unreachable",
     "connect",
 ]

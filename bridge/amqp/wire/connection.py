@@ -31,6 +31,7 @@ from bridge.amqp.wire.errors import (
     ConnectionClosed,
     ConnectionLost,
     ProtocolError,
+    Unreachable,
 )
 
 log = logging.getLogger("bridge.amqp.wire")
@@ -458,10 +459,15 @@ async def connect(
     name: str | None = None,
     on_blocked: Callable[[str | None], None] | None = None,
     timeout: float | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Connection:
     """Open a connection to the broker at `url` (`amqp://user:pass@host:port/vhost?heartbeat=N`).
 
-    Raises `ConnectionLost` when the broker cannot be reached, `AuthenticationError` for refused
+    `ssl_context`: for an `amqps://` URL, the TLS context to use (default: one made from the
+    URL's `cafile`, `certfile` and `keyfile` query parameters, else the system trust store).
+
+    Raises `Unreachable` (a `ConnectionLost`) when no TCP connection can be made,
+    `ConnectionLost` when the broker cannot be reached, `AuthenticationError` for refused
     credentials, `ConnectionClosed` when the broker refuses the vhost, `ProtocolError` when the
     peer does not speak AMQP 0-9-1, TimeoutError after `timeout` (default: the URL's
     connection_timeout, else 10 s)."""
@@ -475,11 +481,15 @@ async def connect(
                     lambda: connection,
                     parameters.host,
                     parameters.port,
-                    ssl=parameters.ssl_context() if parameters.secure else None,
+                    ssl=(ssl_context or parameters.ssl_context()) if parameters.secure else None,
                     server_hostname=parameters.host if parameters.secure else None,
                 )
-            except OSError as exc:
+            except ssl.SSLError as exc:
                 raise ConnectionLost(
+                    f"TLS with {parameters.host}:{parameters.port} failed: {exc}"
+                ) from None
+            except OSError as exc:
+                raise Unreachable(
                     f"cannot connect to {parameters.host}:{parameters.port}: {exc}"
                 ) from None
             try:

@@ -14,6 +14,10 @@ class ConnectionLost(AMQPError):
     """The connection is gone (socket closed, heartbeats missed, connect failed)."""
 
 
+class Unreachable(ConnectionLost):
+    """No TCP connection could be made (refused, no route): nothing listens there now."""
+
+
 class ProtocolError(AMQPError):
     """The peer broke AMQP 0-9-1 framing or sequencing; the connection was closed."""
 
