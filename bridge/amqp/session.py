@@ -7,6 +7,7 @@ went wrong in one sentence; the connection is closed on the way out.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -51,4 +52,4 @@ async def open_session(config_path: str | None) -> AsyncIterator[Session]:
         raise broker_error(exc) from None
     finally:
         with contextlib.suppress(Exception):
-            await connection.close()
+            await asyncio.wait_for(connection.close(), CONNECT_TIMEOUT)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -54,13 +56,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     async def work(session: Session) -> StatusReport:
         reader = StatusReader(session.connection, session.loaded, args.metrics)
+        stop = asyncio.Event()
+        if args.watch:
+            # Ctrl-C or SIGTERM ends the watch after the refresh in progress, cleanly.
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
         while True:
             report = await reader.report(window=min(interval, 1.0))
             last[:] = [report]
             emit(report, as_json=args.json, clear=args.watch and sys.stdout.isatty())
-            if not args.watch:
+            if not args.watch or stop.is_set():
                 return report
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            if stop.is_set():
+                return report
 
     try:
         report = on_broker(args.config, work)
