@@ -100,10 +100,11 @@ class SignatureSettings(_Strict):
         return value
 
 
-def _broker_key(value: str) -> str:
+def _broker_key(value: str, what: str = "broker") -> str:
+    """A broker's `namespace/name`, each part a DNS label."""
     namespace, sep, name = value.partition("/")
     if not sep:
-        raise ValueError(f"broker {value!r} must be written namespace/name")
+        raise ValueError(f"{what} {value!r} must be written namespace/name")
     _dns_label("namespace", namespace)
     _dns_label("broker name", name)
     return value
@@ -134,13 +135,8 @@ class IngressSettings(_Strict):
 
     @field_validator("default_broker")
     @classmethod
-    def _broker_key(cls, value: str) -> str:
-        namespace, sep, name = value.partition("/")
-        if not sep:
-            raise ValueError(f"default_broker {value!r} must be written namespace/name")
-        _dns_label("namespace", namespace)
-        _dns_label("broker name", name)
-        return value
+    def _default_broker_key(cls, value: str) -> str:
+        return _broker_key(value, "default_broker")
 
 
 class AdminSettings(_Strict):
@@ -367,13 +363,8 @@ class ArchiveSpec(_Strict):
 
     @field_validator("broker")
     @classmethod
-    def _broker_key(cls, value: str) -> str:
-        namespace, sep, name = value.partition("/")
-        if not sep:
-            raise ValueError(f"broker {value!r} must be written namespace/name")
-        _dns_label("namespace", namespace)
-        _dns_label("broker name", name)
-        return value
+    def _archive_broker_key(cls, value: str) -> str:
+        return _broker_key(value)
 
 
 def _one_archive_per_broker(archives: list[ArchiveSpec]) -> list[ArchiveSpec]:

@@ -22,7 +22,7 @@ from bridge.archive import (
     parse_rate,
     parse_time,
 )
-from bridge.cli.common import EXIT_FAILURE, EXIT_OK, Parser, on_broker
+from bridge.cli.common import EXIT_FAILURE, EXIT_OK, Parser, on_broker, print_rows
 from bridge.cli.dlq import trigger_key
 from bridge.config import LoadedConfig, load
 from bridge.errors import ConfigError
@@ -85,31 +85,24 @@ def cmd_list(args: argparse.Namespace) -> int:
         return await Archives(session.connection, loaded).list_archives()
 
     rows = on_broker(args.config, work)
-    if args.json:
-        for row in rows:
-            sys.stdout.write(orjson.dumps(row.as_dict()).decode("utf-8") + "\n")
-        return EXIT_OK
-    if not rows:
-        print("no archives configured ([[archives]] in the configuration)")
-        return EXIT_OK
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False)
-    for column in ("BROKER", "STATE", "MESSAGES", "BYTES", "FIRST", "LAST", "RETENTION"):
-        table.add_column(column, overflow="fold")
-    for r in rows:
-        table.add_row(
-            r.broker,
-            _state(r),
-            str(r.messages),
-            f"~{_human(r.bytes)}",
-            r.first or "-",
-            r.last or "-",
-            r.retention,
-        )
-    Console(width=200).print(table)
-    return EXIT_OK
+    return print_rows(
+        [r.as_dict() for r in rows],
+        ("BROKER", "STATE", "MESSAGES", "BYTES", "FIRST", "LAST", "RETENTION"),
+        [
+            (
+                r.broker,
+                _state(r),
+                str(r.messages),
+                f"~{_human(r.bytes)}",
+                r.first or "-",
+                r.last or "-",
+                r.retention,
+            )
+            for r in rows
+        ],
+        args.json,
+        "no archives configured ([[archives]] in the configuration)",
+    )
 
 
 def _check_resume(args: argparse.Namespace) -> None:

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+import orjson
+
 if TYPE_CHECKING:
     from bridge.amqp.session import Session
 
@@ -49,3 +51,31 @@ def fail(message: str, code: int) -> int:
     """Print `bridge: <message>` on stderr; returns `code` (the exit code)."""
     print(f"bridge: {message}", file=sys.stderr)
     return code
+
+
+def print_rows(
+    dicts: list[dict[str, Any]],
+    columns: tuple[str, ...],
+    cells: list[tuple[str, ...]],
+    as_json: bool,
+    empty: str,
+) -> int:
+    """A listing: one JSON object a line with `as_json` (nothing when empty), else a table of
+    `columns` and `cells`, or the sentence `empty` when there is nothing. Exit code 0."""
+    if as_json:
+        for row in dicts:
+            sys.stdout.write(orjson.dumps(row).decode("utf-8") + "\n")
+        return EXIT_OK
+    if not cells:
+        print(empty)
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row_cells in cells:
+        table.add_row(*row_cells)
+    Console(width=200).print(table)
+    return EXIT_OK

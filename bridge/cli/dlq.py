@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from bridge.cli.common import EXIT_FAILURE, EXIT_OK, Parser, on_broker
+from bridge.cli.common import EXIT_FAILURE, EXIT_OK, Parser, on_broker, print_rows
 from bridge.deadletters import DeadLetters, DeadLetterView, ReplayResult
 from bridge.errors import ConfigError
 
@@ -78,23 +78,13 @@ def cmd_list(args: argparse.Namespace) -> int:
             f"showing {len(rows)} of {total} dead letters; use --limit {total} to list them all.",
             file=sys.stderr,
         )
-    if args.json:
-        for row in rows:
-            sys.stdout.write(orjson.dumps(row.as_dict()).decode("utf-8") + "\n")
-        return EXIT_OK
-    if not rows:
-        print("no dead letters")
-        return EXIT_OK
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False)
-    for column in ("ID", "TRIGGER", "TYPE", "SOURCE", "CODE", "ATTEMPTS", "TIME"):
-        table.add_column(column, overflow="fold")
-    for r in rows:
-        table.add_row(r.id, r.trigger, r.type, r.source, r.error_code, str(r.attempts), r.time)
-    Console(width=200).print(table)
-    return EXIT_OK
+    return print_rows(
+        [r.as_dict() for r in rows],
+        ("ID", "TRIGGER", "TYPE", "SOURCE", "CODE", "ATTEMPTS", "TIME"),
+        [(r.id, r.trigger, r.type, r.source, r.error_code, str(r.attempts), r.time) for r in rows],
+        args.json,
+        "no dead letters",
+    )
 
 
 def cmd_show(args: argparse.Namespace) -> int:

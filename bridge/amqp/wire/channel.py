@@ -234,12 +234,7 @@ class Channel:
         routing_key: str = "",
         arguments: dict[str, Any] | None = None,
     ) -> None:
-        await self._call(
-            commands.Queue.Bind(
-                queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments
-            ),
-            (commands.Queue.BindOk,),
-        )
+        await self._binding(True, queue, exchange, routing_key, arguments)
 
     async def queue_unbind(
         self,
@@ -248,11 +243,21 @@ class Channel:
         routing_key: str = "",
         arguments: dict[str, Any] | None = None,
     ) -> None:
+        await self._binding(False, queue, exchange, routing_key, arguments)
+
+    async def _binding(
+        self,
+        bind: bool,
+        queue: str,
+        exchange: str,
+        routing_key: str,
+        arguments: dict[str, Any] | None,
+    ) -> None:
+        method = commands.Queue.Bind if bind else commands.Queue.Unbind
+        ok = commands.Queue.BindOk if bind else commands.Queue.UnbindOk
         await self._call(
-            commands.Queue.Unbind(
-                queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments
-            ),
-            (commands.Queue.UnbindOk,),
+            method(queue=queue, exchange=exchange, routing_key=routing_key, arguments=arguments),
+            (ok,),
         )
 
     async def queue_delete(
