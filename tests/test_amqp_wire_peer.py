@@ -112,6 +112,24 @@ class Peer:
             self.send(commands.Confirm.SelectOk(), channel)
         return channel
 
+    async def open_consumer(self, frame_max: int = 4096) -> tuple[int, str]:
+        """Handshake, a channel, and the client's basic.consume accepted: (channel, tag)."""
+        await self.handshake(frame_max=frame_max)
+        channel = await self.serve_channel()
+        consume = await self.expect(commands.Basic.Consume)
+        self.send(commands.Basic.ConsumeOk(consumer_tag=consume.consumer_tag), channel)
+        return channel, consume.consumer_tag
+
+    def deliver_head(self, channel: int, consumer_tag: str, body_size: int) -> None:
+        """basic.deliver (tag 1) and a content header announcing `body_size` bytes."""
+        self.send(
+            commands.Basic.Deliver(
+                consumer_tag=consumer_tag, delivery_tag=1, exchange="", routing_key=""
+            ),
+            channel,
+        )
+        self.send(pamqp_header.ContentHeader(0, body_size, commands.Basic.Properties()), channel)
+
     async def publishes(self, count: int) -> list[tuple[commands.Basic.Publish, bytes]]:
         """Read `count` publishes (method, header, body frames) from the client."""
         out = []
@@ -491,22 +509,11 @@ async def test_a_truncated_body_followed_by_a_method_is_a_protocol_error_not_a_m
     delivered: list[Any] = []
 
     async def script(peer: Peer) -> None:
-        await peer.handshake()
-        channel = await peer.serve_channel()
-        consume = await peer.expect(commands.Basic.Consume)
-        peer.send(commands.Basic.ConsumeOk(consumer_tag=consume.consumer_tag), channel)
-        peer.send(
-            commands.Basic.Deliver(
-                consumer_tag=consume.consumer_tag, delivery_tag=1, exchange="", routing_key=""
-            ),
-            channel,
-        )
-        peer.send(pamqp_header.ContentHeader(0, 1000, commands.Basic.Properties()), channel)
+        channel, tag = await peer.open_consumer()
+        peer.deliver_head(channel, tag, 1000)
         peer.send(pamqp_body.ContentBody(b"x" * 500), channel)
         peer.send(
-            commands.Basic.Deliver(
-                consumer_tag=consume.consumer_tag, delivery_tag=2, exchange="", routing_key=""
-            ),
+            commands.Basic.Deliver(consumer_tag=tag, delivery_tag=2, exchange="", routing_key=""),
             channel,
         )
         close = await peer.expect(commands.Connection.Close)
@@ -527,17 +534,8 @@ async def test_a_body_cut_off_by_a_hang_up_is_never_delivered():
     delivered: list[Any] = []
 
     async def script(peer: Peer) -> None:
-        await peer.handshake()
-        channel = await peer.serve_channel()
-        consume = await peer.expect(commands.Basic.Consume)
-        peer.send(commands.Basic.ConsumeOk(consumer_tag=consume.consumer_tag), channel)
-        peer.send(
-            commands.Basic.Deliver(
-                consumer_tag=consume.consumer_tag, delivery_tag=1, exchange="", routing_key=""
-            ),
-            channel,
-        )
-        peer.send(pamqp_header.ContentHeader(0, 1000, commands.Basic.Properties()), channel)
+        channel, tag = await peer.open_consumer()
+        peer.deliver_head(channel, tag, 1000)
         raw = pamqp_frame.marshal(pamqp_body.ContentBody(b"x" * 1000), channel)
         peer.send_raw(raw[:600])  # the frame itself is cut
         await peer.writer.drain()
@@ -558,17 +556,8 @@ async def test_a_body_longer_than_announced_is_a_protocol_error():
     delivered: list[Any] = []
 
     async def script(peer: Peer) -> None:
-        await peer.handshake()
-        channel = await peer.serve_channel()
-        consume = await peer.expect(commands.Basic.Consume)
-        peer.send(commands.Basic.ConsumeOk(consumer_tag=consume.consumer_tag), channel)
-        peer.send(
-            commands.Basic.Deliver(
-                consumer_tag=consume.consumer_tag, delivery_tag=1, exchange="", routing_key=""
-            ),
-            channel,
-        )
-        peer.send(pamqp_header.ContentHeader(0, 10, commands.Basic.Properties()), channel)
+        channel, tag = await peer.open_consumer()
+        peer.deliver_head(channel, tag, 10)
         peer.send(pamqp_body.ContentBody(b"x" * 11), channel)
         close = await peer.expect(commands.Connection.Close)
         assert close.reply_code == 505
@@ -588,25 +577,22 @@ async def test_deliveries_split_over_frames_and_reads_arrive_whole_and_in_order(
     bodies = [b"a" * 9000, b"", b"b" * 4088, b"c" * 4089]
 
     async def script(peer: Peer) -> None:
-        await peer.handshake(frame_max=4096)
-        channel = await peer.serve_channel()
-        consume = await peer.expect(commands.Basic.Consume)
-        peer.send(commands.Basic.ConsumeOk(consumer_tag=consume.consumer_tag), channel)
-        for tag, body in enumerate(bodies, 1):
+        channel, tag = await peer.open_consumer(frame_max=4096)
+        for number, body in enumerate(bodies, 1):
             peer.send(
                 commands.Basic.Deliver(
-                    consumer_tag=consume.consumer_tag,
-                    delivery_tag=tag,
-                    redelivered=tag == 2,
+                    consumer_tag=tag,
+                    delivery_tag=number,
+                    redelivered=number == 2,
                     exchange="ex",
-                    routing_key=f"rk{tag}",
+                    routing_key=f"rk{number}",
                 ),
                 channel,
             )
             peer.send_content(
                 channel,
                 body,
-                commands.Basic.Properties(headers={"n": tag}, content_type="text/plain"),
+                commands.Basic.Properties(headers={"n": number}, content_type="text/plain"),
             )
             await peer.writer.drain()
         acks = [await peer.expect(commands.Basic.Ack) for _ in bodies]
@@ -650,14 +636,11 @@ async def test_a_cancel_from_the_broker_reaches_the_consumer():
     cancel_seen = asyncio.Event()
 
     async def script(peer: Peer) -> None:
-        await peer.handshake()
-        channel = await peer.serve_channel()
-        consume = await peer.expect(commands.Basic.Consume)
-        peer.send(commands.Basic.ConsumeOk(consumer_tag=consume.consumer_tag), channel)
-        peer.send(commands.Basic.Cancel(consumer_tag=consume.consumer_tag, nowait=True), channel)
-        peer.send(commands.Basic.Cancel(consumer_tag=consume.consumer_tag, nowait=False), channel)
+        channel, tag = await peer.open_consumer()
+        peer.send(commands.Basic.Cancel(consumer_tag=tag, nowait=True), channel)
+        peer.send(commands.Basic.Cancel(consumer_tag=tag, nowait=False), channel)
         ok = await peer.expect(commands.Basic.CancelOk)
-        assert ok.consumer_tag == consume.consumer_tag
+        assert ok.consumer_tag == tag
         await peer.expect(commands.Connection.Close)
         peer.send(commands.Connection.CloseOk())
 
@@ -917,20 +900,15 @@ async def test_frames_crossing_the_clients_channel_close_are_dropped():
     delivered: list[Any] = []
 
     async def script(peer: Peer) -> None:
-        await peer.handshake()
-        channel = await peer.serve_channel()
-        consume = await peer.expect(commands.Basic.Consume)
-        peer.send(commands.Basic.ConsumeOk(consumer_tag=consume.consumer_tag), channel)
+        channel, tag = await peer.open_consumer()
         await peer.expect(commands.Channel.Close)
         # sent before the broker read the close: a delivery and a cancel asking for an answer
         peer.send(
-            commands.Basic.Deliver(
-                consumer_tag=consume.consumer_tag, delivery_tag=1, exchange="", routing_key="q"
-            ),
+            commands.Basic.Deliver(consumer_tag=tag, delivery_tag=1, exchange="", routing_key="q"),
             channel,
         )
         peer.send_content(channel, b"late")
-        peer.send(commands.Basic.Cancel(consumer_tag=consume.consumer_tag, nowait=False), channel)
+        peer.send(commands.Basic.Cancel(consumer_tag=tag, nowait=False), channel)
         peer.send(commands.Channel.CloseOk(), channel)
         # the next frame is the connection's close: no cancel-ok went out on a closing channel
         await peer.expect(commands.Connection.Close)
