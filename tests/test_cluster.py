@@ -287,35 +287,29 @@ async def ready(replica: Daemon, session: aiohttp.ClientSession) -> bool:
 Fault = Callable[[Cluster, list[Replica], str], Awaitable[tuple[str, str]]]
 
 
-async def run_fault(
+async def _under_fault(
     cluster: Cluster,
-    tmp_path: Path,
-    subscriber_factory: Callable[..., Awaitable[Any]],
+    replicas: list[Replica],
+    traffic: Traffic,
+    sub: Any,
     name: str,
     orders: tuple[tuple[str, ...], tuple[str, ...]],
     inject: Fault,
-    before: Callable[[Cluster, str, Replica], Awaitable[None]] | None = None,
-) -> dict[str, Any]:
-    """Start two replicas (the first on `orders[0][0]`, the second on `orders[1][0]`), put
-    them under load, `inject` the fault (it returns the node it hit and how to undo it), undo
-    it after FAULT_SECONDS, then check that every accepted event was delivered."""
-    vhost = f"cluster-{uuid.uuid4().hex[:8]}"
-    await asyncio.to_thread(cluster.add_vhost, vhost)
-    sub = await subscriber_factory()
-    triggers = [trigger("t", sub.url, filter=FILTER)]
-    replicas = [
-        Replica(tmp_path, [cluster.url(n, vhost) for n in order], triggers, f"replica-{i}")
-        for i, order in enumerate(orders)
-    ]
-    if before is not None:
-        await before(cluster, vhost, replicas[0])
-    traffic = Traffic([r.url for r in replicas])
+    vhost: str,
+) -> tuple[float, float, str, list[int]]:
+    """The replicas started and loaded, the fault injected and undone, every accepted event
+    delivered: (monotonic and wall time of the fault, the node hit, deliveries per replica)."""
     sender: asyncio.Task[None] | None = None
     try:
-        for replica in replicas:
+        for replica, order in zip(replicas, orders, strict=True):
             replica.start()
             await replica.wait_ready(30)
-        assert [r.connected_to() for r in replicas] == [o[0] for o in orders]
+            # Ready means connected; the log line saying where follows in the same step.
+            for _ in range(200):  # up to 10 s
+                if replica.connected_to() is not None:
+                    break
+                await asyncio.sleep(0.05)
+            assert replica.connected_to() == order[0], replica.logs()[-1500:]
         sender = asyncio.create_task(traffic.run())
         await eventually(lambda: len(traffic.accepted) > 200, timeout=20, what="load")
         fault_at = time.monotonic()
@@ -348,18 +342,47 @@ async def run_fault(
         if sender is not None:
             await sender
     accepted = traffic.accepted
+    await eventually(
+        lambda: set(accepted) <= set(sub.ids()),
+        timeout=60,
+        what=f"every accepted event delivered after {name} "
+        f"(missing {len(set(accepted) - set(sub.ids()))})",
+    )
+    return fault_at, fault_wall, hit, [await delivered_by(r) for r in replicas]
+
+
+async def run_fault(
+    cluster: Cluster,
+    tmp_path: Path,
+    subscriber_factory: Callable[..., Awaitable[Any]],
+    name: str,
+    orders: tuple[tuple[str, ...], tuple[str, ...]],
+    inject: Fault,
+    before: Callable[[Cluster, str, Replica], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
+    """Start two replicas (the first on `orders[0][0]`, the second on `orders[1][0]`), put
+    them under load, `inject` the fault (it returns the node it hit and how to undo it), undo
+    it after FAULT_SECONDS, then check that every accepted event was delivered."""
+    vhost = f"cluster-{uuid.uuid4().hex[:8]}"
+    await asyncio.to_thread(cluster.add_vhost, vhost)
+    sub = await subscriber_factory()
+    triggers = [trigger("t", sub.url, filter=FILTER)]
+    replicas = [
+        Replica(tmp_path, [cluster.url(n, vhost) for n in order], triggers, f"replica-{i}")
+        for i, order in enumerate(orders)
+    ]
+    if before is not None:
+        await before(cluster, vhost, replicas[0])
+    traffic = Traffic([r.url for r in replicas])
     try:
-        await eventually(
-            lambda: set(accepted) <= set(sub.ids()),
-            timeout=60,
-            what=f"every accepted event delivered after {name} "
-            f"(missing {len(set(accepted) - set(sub.ids()))})",
+        fault_at, fault_wall, hit, shares = await _under_fault(
+            cluster, replicas, traffic, sub, name, orders, inject, vhost
         )
-        shares = [await delivered_by(r) for r in replicas]
     finally:
         for replica in replicas:
             replica.stop_gracefully()
         await asyncio.to_thread(cluster.heal)
+    accepted = traffic.accepted
     received = sub.ids()
     failures = traffic.failures_after(fault_at)
     statuses: dict[int, int] = {}
