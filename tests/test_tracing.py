@@ -15,9 +15,11 @@ from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.config import TracingSettings
+from bridge.telemetry.tracing import Tracing, parse_traceparent
 from tests.conftest import eventually, trigger
 
 TYPE = "oss:ObjectCreated:PutObject"
@@ -277,3 +279,118 @@ def test_sampling_decision_follows_parent_then_ratio():
     assert not any(never.sample_at_ingress(None)[0] for _ in range(1000))
     always = Tracing(TracingSettings(enabled=True, sample_ratio=1.0))
     assert all(always.sample_at_ingress(None)[0] for _ in range(1000))
+
+
+def recording_tracing() -> tuple[Tracing, InMemorySpanExporter]:
+    spans = InMemorySpanExporter()
+    tracing = Tracing(
+        TracingSettings(enabled=True, service_name="bridge-test"), SimpleSpanProcessor(spans)
+    )
+    tracing.start()
+    return tracing, spans
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        17,
+        "",
+        "garbage",
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",  # upper case
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  # zero trace id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  # zero span id
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # forbidden version
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\n",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+    ],
+)
+def test_a_malformed_traceparent_names_no_parent(value: object) -> None:
+    assert parse_traceparent(value) is None
+
+
+def test_a_traceparent_names_its_remote_parent_and_state() -> None:
+    ctx = parse_traceparent(INCOMING, "vendor=abc,other=1")
+    assert ctx is not None
+    assert (ctx.trace_id, ctx.span_id) == (int(INCOMING_TRACE, 16), 0x00F067AA0BA902B7)
+    assert ctx.is_remote
+    assert ctx.trace_flags.sampled
+    assert ctx.trace_state.to_header() == "vendor=abc,other=1"
+    unsampled = parse_traceparent(INCOMING[:-2] + "00")
+    assert unsampled is not None
+    assert not unsampled.trace_flags.sampled
+
+
+def test_a_span_reaches_the_processor_once_when_it_ends_with_what_was_recorded() -> None:
+    tracing, spans = recording_tracing()
+    server = tracing.server_span(
+        "/default/b", {"traceparent": INCOMING, "tracestate": "vendor=abc"}, "10.0.0.7:5555"
+    )
+    assert spans.get_finished_spans() == ()  # nothing before the end
+    server.set_attribute("http.response.status_code", 202)
+    server.add_event("queued", {"n": 1})
+    server.set_status(Status(StatusCode.ERROR, "boom"))
+    server.end()
+    server.end()  # a second end hands nothing more
+    server.set_attribute("late", "ignored")
+    (done,) = spans.get_finished_spans()
+    assert done.name == "POST /default/b"
+    assert done.kind == SpanKind.SERVER
+    assert done.parent is not None
+    assert done.parent.span_id == 0x00F067AA0BA902B7
+    assert done.context.trace_id == int(INCOMING_TRACE, 16)
+    assert done.context.span_id not in (0, done.parent.span_id)
+    assert done.context.trace_state.to_header() == "vendor=abc"
+    assert done.attributes == {
+        "http.request.method": "POST",
+        "url.path": "/default/b",
+        "network.peer.address": "10.0.0.7",
+        "http.response.status_code": 202,
+    }
+    assert [(e.name, dict(e.attributes or {})) for e in done.events] == [("queued", {"n": 1})]
+    assert done.status.status_code == StatusCode.ERROR
+    assert done.status.description == "boom"
+    assert done.resource.attributes["service.name"] == "bridge-test"
+    assert done.instrumentation_scope is not None
+    assert done.instrumentation_scope.name == "bridge"
+    assert done.start_time is not None
+    assert done.end_time is not None
+    assert done.start_time <= done.end_time
+
+
+def test_child_spans_continue_their_parent_and_a_root_starts_a_trace() -> None:
+    tracing, spans = recording_tracing()
+    root = tracing.server_span("/default/b", {}, "127.0.0.1:1")
+    headers: dict[str, object] = {"ce-id": "e1"}
+    with tracing.producing("publish x", root, "x", headers) as publish:
+        assert publish is not None
+    root.end()
+    consumer = tracing.consumer_span("q", "t", headers, 1)
+    client = tracing.client_span(consumer, "http://user:secret@sub.example:8080/path")
+    tracing.end_client(client, 503, None)
+    consumer.end()
+    by_name = {s.name: s for s in spans.get_finished_spans()}
+    server = by_name["POST /default/b"]
+    assert server.parent is None
+    trace_id = server.context.trace_id
+    assert all(s.context.trace_id == trace_id for s in by_name.values())
+    assert by_name["publish x"].parent.span_id == server.context.span_id
+    # The consumer continues from the publish span whose context the headers carried.
+    assert headers["traceparent"] == (
+        f"00-{trace_id:032x}-{by_name['publish x'].context.span_id:016x}-01"
+    )
+    assert by_name["process q"].parent.span_id == by_name["publish x"].context.span_id
+    assert by_name["process q"].parent.is_remote
+    post = by_name["POST"]
+    assert post.parent.span_id == by_name["process q"].context.span_id
+    assert post.attributes["url.full"] == "http://user:***@sub.example:8080/path"
+    assert post.attributes["http.response.status_code"] == 503
+    assert post.status.status_code.name == "ERROR"
+
+
+def test_spans_ended_after_shutdown_are_dropped_quietly() -> None:
+    tracing, spans = recording_tracing()
+    span = tracing.server_span("/default/b", {}, "127.0.0.1:1")
+    tracing.shutdown(1.0)
+    span.end()
+    assert spans.get_finished_spans() == ()

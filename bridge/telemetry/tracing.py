@@ -22,27 +22,26 @@ import contextlib
 import logging
 import random
 import re
+import time
 from collections.abc import Mapping, MutableMapping
 from contextlib import AbstractContextManager
 from typing import Any
 from urllib.parse import urlsplit
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import Event as SpanEvent
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
 from bridge import __version__
 from bridge.config import TracingSettings
 from bridge.redact import redact_url
+from bridge.telemetry.otlp import GrpcExporter, HttpExporter
 
 log = logging.getLogger("bridge.tracing")
 
-_PROPAGATOR = TraceContextTextMapPropagator()
 _LOW64 = (1 << 64) - 1
 # W3C traceparent, the 55-character form (`\Z`: `$` would also let a trailing newline through).
 TRACEPARENT_FORMAT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
@@ -53,24 +52,8 @@ _SAMPLED_LAST_HEX = frozenset("13579bdf")
 def _exporter(settings: TracingSettings) -> SpanExporter:
     headers = {k: v.get_secret_value() for k, v in settings.headers.items()}
     if settings.protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-            OTLPSpanExporter as GrpcExporter,
-        )
-
-        parts = urlsplit(settings.endpoint)
-        return GrpcExporter(
-            endpoint=settings.endpoint,
-            insecure=parts.scheme != "https",
-            headers=headers or None,
-        )
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-        OTLPSpanExporter as HttpExporter,
-    )
-
-    endpoint = settings.endpoint
-    if urlsplit(endpoint).path in ("", "/"):
-        endpoint = endpoint.rstrip("/") + "/v1/traces"
-    return HttpExporter(endpoint=endpoint, headers=headers or None)
+        return GrpcExporter(settings.endpoint, headers)
+    return HttpExporter(settings.endpoint, headers)
 
 
 def event_attributes(attrs: Mapping[str, Any]) -> dict[str, str]:
@@ -87,6 +70,122 @@ def event_attributes(attrs: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_UNSET = Status(StatusCode.UNSET)
+_NO_LINKS: tuple[Any, ...] = ()
+
+
+class Span:
+    """One span of a sampled event, recorded by bridge itself and handed, ended, to the
+    OpenTelemetry SDK's span processor as a `ReadableSpan` (batching and OTLP export stay the
+    SDK's). The SDK's own tracer costs about 18 times more per span (a sampler, locks,
+    attribute validation and context objects for every span; `benchmarks/RESULTS.md`): bridge
+    only makes spans for events already sampled, with attributes it builds itself (strings and
+    integers), so none of that is needed."""
+
+    __slots__ = (
+        "_attributes",
+        "_context",
+        "_ended",
+        "_events",
+        "_kind",
+        "_name",
+        "_parent",
+        "_start",
+        "_status",
+        "_tracing",
+    )
+
+    def __init__(
+        self,
+        tracing: Tracing,
+        name: str,
+        kind: SpanKind,
+        parent: SpanContext | None,
+        attributes: dict[str, Any],
+    ) -> None:
+        self._tracing = tracing
+        self._name = name
+        self._kind = kind
+        self._parent = parent
+        if parent is None:
+            self._context = SpanContext(_new_id(128), _new_id(64), False, _SAMPLED)
+        else:
+            self._context = SpanContext(
+                parent.trace_id, _new_id(64), False, _SAMPLED, parent.trace_state
+            )
+        self._attributes = attributes
+        self._events: list[SpanEvent] | None = None
+        self._status = _UNSET
+        self._ended = False
+        self._start = time.time_ns()
+
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        return not self._ended
+
+    def set_attribute(self, key: str, value: str | int | float | bool) -> None:
+        if not self._ended:
+            self._attributes[key] = value
+
+    def add_event(self, name: str, attributes: Mapping[str, str | int | float | bool]) -> None:
+        if not self._ended:
+            if self._events is None:
+                self._events = []
+            self._events.append(SpanEvent(name, dict(attributes)))
+
+    def set_status(self, status: Status) -> None:
+        if not self._ended:
+            self._status = status
+
+    def end(self) -> None:
+        """Hand the finished span to the processor (once; later calls do nothing)."""
+        if self._ended:
+            return
+        self._ended = True
+        tracing = self._tracing
+        processor = tracing.processor
+        if processor is None:  # shut down
+            return
+        processor.on_end(
+            ReadableSpan(
+                self._name,
+                self._context,
+                self._parent,
+                tracing.resource,
+                self._attributes,
+                self._events or (),
+                _NO_LINKS,
+                self._kind,
+                None,
+                self._status,
+                self._start,
+                time.time_ns(),
+                tracing.scope,
+            )
+        )
+
+
+def _new_id(bits: int) -> int:
+    """A random, non-zero trace (128 bits) or span (64 bits) id."""
+    return random.getrandbits(bits) or 1
+
+
+def parse_traceparent(value: object, tracestate: object = None) -> SpanContext | None:
+    """The remote parent a W3C `traceparent` names (with its `tracestate`), or None when the
+    value is absent or malformed (the event then starts a new trace)."""
+    if not isinstance(value, str) or not TRACEPARENT_FORMAT.match(value) or value[:2] == "ff":
+        return None
+    trace_id = int(value[3:35], 16)
+    span_id = int(value[36:52], 16)
+    if trace_id == 0 or span_id == 0:
+        return None
+    state = TraceState.from_header([tracestate]) if isinstance(tracestate, str) else None
+    return SpanContext(trace_id, span_id, True, TraceFlags(int(value[53:55], 16)), state)
+
+
 class Tracing:
     """The tracer of one bridge process; `enabled` is False when tracing is off."""
 
@@ -97,27 +196,20 @@ class Tracing:
     ) -> None:
         self.settings = settings
         self.enabled = settings.enabled
-        self._processor = processor
-        self._provider: TracerProvider | None = None
-        self.tracer: trace.Tracer = trace.NoOpTracer()
+        self._given = processor
+        self.processor: SpanProcessor | None = None  # set while tracing runs
+        self.resource = Resource.create(
+            {"service.name": settings.service_name, "service.version": __version__}
+        )
+        self.scope = InstrumentationScope("bridge", __version__)
         self._bound = round(settings.sample_ratio * (_LOW64 + 1))
 
     def start(self) -> None:
         if not self.enabled:
             return
-        resource = Resource.create(
-            {"service.name": self.settings.service_name, "service.version": __version__}
-        )
-        provider = TracerProvider(
-            resource=resource,
-            # The ratio decision is made by `sample_at_ingress`, before any span exists; the
-            # SDK only ever sees events that are sampled.
-            sampler=ParentBased(ALWAYS_ON),
-        )
-        processor = self._processor or BatchSpanProcessor(_exporter(self.settings))
-        provider.add_span_processor(processor)
-        self._provider = provider
-        self.tracer = provider.get_tracer("bridge", __version__)
+        # The ratio decision is made by `sample_at_ingress`, before any span exists: spans
+        # are only made for sampled events, so every span is recorded and exported.
+        self.processor = self._given or BatchSpanProcessor(_exporter(self.settings))
         log.info(
             "tracing on: OTLP %s to %s, sample ratio %s",
             self.settings.protocol,
@@ -126,15 +218,15 @@ class Tracing:
         )
 
     def shutdown(self, timeout: float) -> None:
-        provider = self._provider
-        if provider is None:
+        processor = self.processor
+        if processor is None:
             return
+        self.processor = None
         try:
-            provider.force_flush(int(timeout * 1000))
-            provider.shutdown()
+            processor.force_flush(int(timeout * 1000))
+            processor.shutdown()
         except Exception as exc:  # an exporter failing at exit must not block the drain
             log.warning("flushing traces failed: %s", exc)
-        self._provider = None
 
     # -- sampling, decided once per event --
     def sample_at_ingress(self, traceparent: str | None) -> tuple[bool, str | None]:
@@ -164,23 +256,14 @@ class Tracing:
 
     # -- context propagation --
     @staticmethod
-    def extract(carrier: Mapping[str, Any]) -> otel_context.Context:
+    def extract(carrier: Mapping[str, Any]) -> SpanContext | None:
         """The parent context carried as W3C headers (HTTP request or AMQP headers)."""
-        traceparent = carrier.get("traceparent")
-        if traceparent is None:
-            return otel_context.Context()
-        values = {"traceparent": str(traceparent)}
-        tracestate = carrier.get("tracestate")
-        if tracestate is not None:
-            values["tracestate"] = str(tracestate)
-        return _PROPAGATOR.extract(values)
+        return parse_traceparent(carrier.get("traceparent"), carrier.get("tracestate"))
 
     @staticmethod
     def inject(span: Span, carrier: MutableMapping[str, Any]) -> None:
         """Write `span`'s context as `traceparent` (and `tracestate`) into `carrier`."""
         ctx = span.get_span_context()
-        if not ctx.is_valid:
-            return
         carrier["traceparent"] = (
             f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
         )
@@ -191,26 +274,22 @@ class Tracing:
 
     # -- spans --
     def server_span(self, path: str, headers: Mapping[str, str], peer: str) -> Span:
-        return self.tracer.start_span(
-            f"POST {path}",
-            context=self.extract(headers),
-            kind=SpanKind.SERVER,
-            attributes={
-                "http.request.method": "POST",
-                "url.path": path,
-                "network.peer.address": peer.rsplit(":", 1)[0],
-            },
-        )
+        attributes: dict[str, Any] = {
+            "http.request.method": "POST",
+            "url.path": path,
+            "network.peer.address": peer.rsplit(":", 1)[0],
+        }
+        return Span(self, f"POST {path}", SpanKind.SERVER, self.extract(headers), attributes)
 
     def producer_span(
         self,
         name: str,
-        parent: Span | otel_context.Context | None,
+        parent: Span | SpanContext | None,
         destination: str,
         attrs: Mapping[str, Any],
         operation: str = "publish",
     ) -> Span:
-        ctx = trace.set_span_in_context(parent) if isinstance(parent, Span) else parent
+        ctx = parent.get_span_context() if isinstance(parent, Span) else parent
         attributes: dict[str, Any] = {
             "messaging.system": "rabbitmq",
             "messaging.operation.type": "send",
@@ -219,9 +298,7 @@ class Tracing:
             "messaging.message.id": str(attrs.get("ce-id", "")),
         }
         attributes.update(event_attributes(attrs))
-        return self.tracer.start_span(
-            name, context=ctx, kind=SpanKind.PRODUCER, attributes=attributes
-        )
+        return Span(self, name, SpanKind.PRODUCER, ctx, attributes)
 
     def consumer_span(
         self, queue: str, trigger: str, attrs: Mapping[str, Any], attempt: int
@@ -235,26 +312,17 @@ class Tracing:
             "bridge.attempt": attempt,
         }
         attributes.update(event_attributes(attrs))
-        return self.tracer.start_span(
-            f"process {queue}",
-            context=self.extract(attrs),
-            kind=SpanKind.CONSUMER,
-            attributes=attributes,
-        )
+        return Span(self, f"process {queue}", SpanKind.CONSUMER, self.extract(attrs), attributes)
 
     def client_span(self, parent: Span, url: str) -> Span:
         parts = urlsplit(url)
-        return self.tracer.start_span(
-            "POST",
-            context=trace.set_span_in_context(parent),
-            kind=SpanKind.CLIENT,
-            attributes={
-                "http.request.method": "POST",
-                "url.full": redact_url(url),
-                "server.address": parts.hostname or "",
-                "server.port": parts.port or (443 if parts.scheme == "https" else 80),
-            },
-        )
+        attributes: dict[str, Any] = {
+            "http.request.method": "POST",
+            "url.full": redact_url(url),
+            "server.address": parts.hostname or "",
+            "server.port": parts.port or (443 if parts.scheme == "https" else 80),
+        }
+        return Span(self, "POST", SpanKind.CLIENT, parent.get_span_context(), attributes)
 
     @staticmethod
     def end_client(span: Span, status: int, error: str | None) -> None:
