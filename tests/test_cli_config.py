@@ -105,6 +105,26 @@ def test_check_config_prints_resolved_triggers(
     assert "hunter2" not in out
 
 
+def test_check_config_prints_each_archive_with_its_stream_and_retention(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = reference_config(tmp_path)
+    with path.open("a") as f:
+        f.write(
+            '\n[[archives]]\nbroker = "default/eventbridge-default-broker"\n'
+            'max_age = "P2D"\nmax_bytes = 20000000\nsegment_bytes = 5000000\n'
+            '\n[[archives]]\nbroker = "default/other"\nenabled = false\n'
+        )
+    assert main(["check-config", "--config", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == [
+        "archive default/eventbridge-default-broker: stream "
+        "bridge.archive.default.eventbridge-default-broker, max_age=2D max_bytes=20000000 "
+        "segment_bytes=5000000",
+        "archive default/other: disabled (an existing stream is kept, not written)",
+    ]
+
+
 def test_check_config_of_the_example_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", "--config", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out
