@@ -47,6 +47,7 @@ ids64 = st.integers(1, 2**64 - 1)
 ids128 = st.integers(1, 2**128 - 1)
 scalar = st.one_of(
     text,
+    st.text(min_size=250, max_size=260),  # around the encoder's longest cached string
     st.booleans(),
     st.integers(-(2**63), 2**63 - 1),
     st.floats(allow_nan=False),

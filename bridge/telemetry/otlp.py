@@ -39,7 +39,8 @@ RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
 # A span's `flags`: the HAS_IS_REMOTE bit always, IS_REMOTE when the parent came from elsewhere.
 _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
-_CACHE_MAX = 4096
+_CACHE_MAX = 4096  # pairs kept; the cache starts afresh when full
+_CACHED_LENGTH = 256  # longer strings (a long subject, a URL) are encoded each time
 
 _pack_fixed64 = struct.Struct("<Q").pack
 _pack_fixed32 = struct.Struct("<I").pack
@@ -100,7 +101,9 @@ def _key_value(key: str, value: Any) -> bytes:
 
 
 class _Pairs:
-    """Encoded KeyValue fields, each string or integer pair encoded once and then reused."""
+    """Encoded KeyValue fields, each short string or integer pair encoded once and then reused
+    (at most `_CACHE_MAX` pairs of at most `_CACHED_LENGTH` characters: bounded memory whatever
+    the events carry)."""
 
     def __init__(self) -> None:
         self._cache: dict[tuple[int, str, type, object], bytes] = {}
@@ -114,7 +117,7 @@ class _Pairs:
         parts = []
         for key, value in attributes.items():
             kind = type(value)
-            if kind is str or kind is int or kind is bool:
+            if kind is int or kind is bool or (kind is str and len(value) <= _CACHED_LENGTH):
                 slot = (tag, key, kind, value)
                 encoded = cache.get(slot)
                 if encoded is None:
