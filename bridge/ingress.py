@@ -31,7 +31,7 @@ from bridge.events import (
 from bridge.http.server import Handler, Request, Response, json_error
 from bridge.telemetry.logging import Aggregator
 from bridge.telemetry.metrics import Metrics
-from bridge.telemetry.tracing import TRACEPARENT_FORMAT, Span, Tracing
+from bridge.telemetry.tracing import Span, Tracing, normalize_traceparent
 from bridge.triggers import Routes
 
 log = logging.getLogger("bridge.ingress")
@@ -40,9 +40,10 @@ UNAVAILABLE = Aggregator(log, lambda key: f"broker {key[0]}: {key[1]}", owner="b
 
 ACCEPTED = Response(202)
 ALLOW = [("allow", "POST, OPTIONS")]
-# W3C trace context, carried to subscribers as received: a traceparent of the 55-character form
-# and a tracestate of at most 512 printable ASCII characters. Anything else is not trace context
-# and is not carried (stored headers stay small, outgoing headers stay clean).
+# W3C trace context, carried to subscribers: a valid traceparent (as version 00: see
+# `normalize_traceparent`) and a tracestate of at most 512 printable ASCII characters. Anything
+# else is not trace context and is not carried (stored headers stay small, outgoing headers
+# stay clean).
 _TRACESTATE = re.compile(r"[\x20-\x7e]{0,512}\Z")
 
 
@@ -178,10 +179,10 @@ class Ingress(Handler):
                 [("retry-after", self._retry_after)],
             )
         headers = request.headers
-        traceparent = headers.get("traceparent")
+        traceparent = normalize_traceparent(headers.get("traceparent"))
         tracestate = headers.get("tracestate")
-        if traceparent is not None and not TRACEPARENT_FORMAT.match(traceparent):
-            traceparent = tracestate = None  # not W3C trace context: neither is carried
+        if traceparent is None:
+            tracestate = None  # not W3C trace context: neither is carried
         if tracestate is not None and not _TRACESTATE.match(tracestate):
             tracestate = None
         span = None

@@ -308,6 +308,11 @@ async def test_trace_context_is_carried_and_oversized_trace_headers_are_not(brid
         ("oversized", {"traceparent": "0" * 300, "tracestate": "v=" + "x" * 600}),
         ("malformed", {"traceparent": traceparent.upper(), "tracestate": "vendor=1"}),
         ("bad-state", {"traceparent": traceparent, "tracestate": "v=\xe9"}),
+        # A higher version is read as version 00 and sent on as 00 (W3C Trace Context).
+        ("future", {"traceparent": "cc" + traceparent[2:] + "-what-comes-next"}),
+        ("invalid-version", {"traceparent": "ff" + traceparent[2:]}),
+        ("zero-trace-id", {"traceparent": "00-" + "0" * 32 + traceparent[35:]}),
+        ("long-version-00", {"traceparent": traceparent + "-extra"}),
     ]:
         status, _, body = await running.post(
             "/",
@@ -326,6 +331,9 @@ async def test_trace_context_is_carried_and_oversized_trace_headers_are_not(brid
     assert "tracestate" not in messages["malformed"]
     assert messages["bad-state"]["traceparent"] == traceparent
     assert "tracestate" not in messages["bad-state"]
+    assert messages["future"]["traceparent"] == traceparent
+    for refused in ("invalid-version", "zero-trace-id", "long-version-00"):
+        assert "traceparent" not in messages[refused], refused
 
 
 # --- paths ---------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.config import TracingSettings
-from bridge.telemetry.tracing import Tracing, parse_traceparent
+from bridge.telemetry.tracing import Tracing, normalize_traceparent, parse_traceparent
 from tests.conftest import eventually, trigger
 
 TYPE = "oss:ObjectCreated:PutObject"
@@ -302,11 +302,24 @@ def recording_tracing() -> tuple[Tracing, InMemorySpanExporter]:
         "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  # zero span id
         "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  # forbidden version
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\n",
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",  # 00 is 55 chars
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01extra",  # no dash after 55
     ],
 )
 def test_a_malformed_traceparent_names_no_parent(value: object) -> None:
     assert parse_traceparent(value) is None
+
+
+def test_a_higher_traceparent_version_is_read_and_carried_as_version_00() -> None:
+    future = "cc" + INCOMING[2:] + "-what-the-future-will-be-like"
+    assert normalize_traceparent(future) == INCOMING
+    assert normalize_traceparent("01" + INCOMING[2:]) == INCOMING
+    ctx = parse_traceparent(future)
+    assert ctx is not None
+    assert ctx.trace_id == int(INCOMING_TRACE, 16)
+    tracing = Tracing(TracingSettings(enabled=True, sample_ratio=0.0))
+    assert tracing.sample_at_ingress(future) == (True, INCOMING)
+    assert tracing.sample_at_ingress("ff" + INCOMING[2:])[1] != "ff" + INCOMING[2:]
 
 
 def test_a_traceparent_names_its_remote_parent_and_state() -> None:

@@ -16,14 +16,17 @@ specification says is retryable with exponential backoff, within a deadline per 
 
 from __future__ import annotations
 
+import gzip
 import logging
+import os
 import random
 import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -39,6 +42,7 @@ RETRYABLE_HTTP = frozenset({429, 502, 503, 504})
 # A span's `flags`: the HAS_IS_REMOTE bit always, IS_REMOTE when the parent came from elsewhere.
 _HAS_IS_REMOTE = 0x100
 _IS_REMOTE = 0x200
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _CACHE_MAX = 4096  # pairs kept; the cache starts afresh when full
 _CACHED_LENGTH = 256  # longer strings (a long subject, a URL) are encoded each time
 
@@ -83,6 +87,8 @@ def _any_value(value: Any) -> bytes:
     if isinstance(value, str):
         return _field(0x0A, value.encode())
     if isinstance(value, int):
+        if not _INT64_MIN <= value <= _INT64_MAX:
+            raise ValueError(f"the integer {value} is outside int64")
         return b"\x18" + _varint(value & 0xFFFFFFFFFFFFFFFF)
     if isinstance(value, float):
         return b"\x21" + _pack_double(value)
@@ -103,10 +109,14 @@ def _key_value(key: str, value: Any) -> bytes:
 class _Pairs:
     """Encoded KeyValue fields, each short string or integer pair encoded once and then reused
     (at most `_CACHE_MAX` pairs of at most `_CACHED_LENGTH` characters: bounded memory whatever
-    the events carry)."""
+    the events carry). A pair that cannot be encoded (an integer outside int64, a string that is
+    not valid Unicode, a value of an unknown type) is left out, as the SDK's encoder does, and
+    counted in `dropped` with the last reason in `problem`."""
 
     def __init__(self) -> None:
         self._cache: dict[tuple[int, str, type, object], bytes] = {}
+        self.dropped = 0
+        self.problem = ""
 
     def attributes(self, number: int, attributes: Mapping[str, Any] | None) -> bytes:
         """`attributes` as repeated KeyValue field `number`."""
@@ -117,17 +127,29 @@ class _Pairs:
         parts = []
         for key, value in attributes.items():
             kind = type(value)
-            if kind is int or kind is bool or (kind is str and len(value) <= _CACHED_LENGTH):
-                slot = (tag, key, kind, value)
-                encoded = cache.get(slot)
-                if encoded is None:
+            cacheable = (
+                kind is int or kind is bool or (kind is str and len(value) <= _CACHED_LENGTH)
+            )
+            slot = (tag, key, kind, value)
+            encoded = cache.get(slot) if cacheable else None
+            if encoded is None:
+                try:
+                    encoded = _field(tag, _key_value(key, value))
+                except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+                    self.dropped += 1
+                    self.problem = f"attribute {key[:100]!r} left out: {exc}"
+                    continue
+                if cacheable:
                     if len(cache) >= _CACHE_MAX:
                         cache.clear()
-                    encoded = cache[slot] = _field(tag, _key_value(key, value))
-                parts.append(encoded)
-            else:
-                parts.append(_field(tag, _key_value(key, value)))
+                    cache[slot] = encoded
+            parts.append(encoded)
         return b"".join(parts)
+
+
+def _text(value: str) -> bytes:
+    """A name or message bridge writes: UTF-8, a lone surrogate replaced (never a failed batch)."""
+    return value.encode("utf-8", "replace")
 
 
 class Encoder:
@@ -139,15 +161,20 @@ class Encoder:
         self._headers: dict[tuple[int, int], tuple[bytes, bytes]] = {}
 
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
-        # Resource -> scope -> spans, in the order they first appear (as the SDK groups them).
+        # Resource -> scope -> spans, in the order they first appear; equal resources (and
+        # scopes) are one group, as the SDK groups them, compared once per distinct object.
         groups: dict[tuple[int, int], list[bytes]] = {}
         owners: dict[tuple[int, int], tuple[Any, Any]] = {}
+        resource_of: dict[int, Any] = {}
+        scope_of: dict[int, Any] = {}
         for span in spans:
-            key = (id(span.resource), id(span.instrumentation_scope))
+            resource = _representative(span.resource, resource_of)
+            scope = _representative(span.instrumentation_scope or None, scope_of)
+            key = (id(resource), id(scope))
             group = groups.get(key)
             if group is None:
                 group = groups[key] = []
-                owners[key] = (span.resource, span.instrumentation_scope)
+                owners[key] = (resource, scope)
             group.append(self._span(span))
         by_resource: dict[int, list[bytes]] = {}
         resources: dict[int, Any] = {}
@@ -155,7 +182,7 @@ class Encoder:
             resource, scope = owners[key]
             scope_spans = self._scope(scope) + b"".join(_field(0x12, s) for s in encoded)
             if scope is not None and scope.schema_url:
-                scope_spans += _field(0x1A, scope.schema_url.encode())
+                scope_spans += _field(0x1A, _text(scope.schema_url))
             by_resource.setdefault(key[0], []).append(_field(0x12, scope_spans))
             resources[key[0]] = resource
         out = []
@@ -164,18 +191,27 @@ class Encoder:
             body = _field(0x0A, self._pairs.attributes(1, resource.attributes))
             body += b"".join(scope_parts)
             if resource.schema_url:
-                body += _field(0x1A, resource.schema_url.encode())
+                body += _field(0x1A, _text(resource.schema_url))
             out.append(_field(0x0A, body))
         return b"".join(out)
+
+    @property
+    def dropped(self) -> int:
+        """Attributes left out so far (values that cannot be encoded)."""
+        return self._pairs.dropped
+
+    @property
+    def problem(self) -> str:
+        return self._pairs.problem
 
     def _scope(self, scope: Any) -> bytes:
         if scope is None:
             return b"\x0a\x00"
         body = b""
         if scope.name:
-            body += _field(0x0A, scope.name.encode())
+            body += _field(0x0A, _text(scope.name))
         if scope.version:
-            body += _field(0x12, scope.version.encode())
+            body += _field(0x12, _text(scope.version))
         body += self._pairs.attributes(3, scope.attributes)
         return _field(0x0A, body)
 
@@ -189,10 +225,10 @@ class Encoder:
         ]
         state = ctx.trace_state
         if state:
-            parts.append(_field(0x1A, ",".join(f"{k}={v}" for k, v in state.items()).encode()))
+            parts.append(_field(0x1A, _text(",".join(f"{k}={v}" for k, v in state.items()))))
         if parent is not None:
             parts.append(b"\x22\x08" + parent.span_id.to_bytes(8, "big"))
-        parts.append(_field(0x2A, span.name.encode()))
+        parts.append(_field(0x2A, _text(span.name)))
         parts.append(b"\x30" + _SMALL[span.kind.value + 1])
         if span.start_time:
             parts.append(b"\x39" + _pack_fixed64(span.start_time))
@@ -204,7 +240,7 @@ class Encoder:
         for event in span.events:
             body = b"\x09" + _pack_fixed64(event.timestamp) if event.timestamp else b""
             if event.name:
-                body += _field(0x12, event.name.encode())
+                body += _field(0x12, _text(event.name))
             body += self._pairs.attributes(3, event.attributes)
             if event.dropped_attributes:
                 body += b"\x20" + _varint(event.dropped_attributes)
@@ -229,13 +265,22 @@ class Encoder:
         status = span.status
         body = b""
         if status.description:
-            body += _field(0x12, status.description.encode())
+            body += _field(0x12, _text(status.description))
         if status.status_code.value:
             body += b"\x18" + _SMALL[status.status_code.value]
         parts.append(_field(0x7A, body))
         remote = parent is not None and parent.is_remote
         parts.append(b"\x85\x01" + _pack_fixed32(_HAS_IS_REMOTE | (_IS_REMOTE if remote else 0)))
         return b"".join(parts)
+
+
+def _representative(owner: Any, seen: dict[int, Any]) -> Any:
+    """The first object of this batch equal to `owner` (a resource or scope)."""
+    found = seen.get(id(owner))
+    if found is None:
+        found = next((known for known in seen.values() if known == owner), owner)
+        seen[id(owner)] = found
+    return found
 
 
 def encode_request(spans: Sequence[ReadableSpan]) -> bytes:
@@ -245,6 +290,42 @@ def encode_request(spans: Sequence[ReadableSpan]) -> bytes:
 
 # -- transports --
 
+# Retryable gRPC codes (the OTLP specification); RESOURCE_EXHAUSTED only when the server sends
+# RetryInfo (the delay it asks for).
+_RETRYABLE_GRPC = frozenset(
+    {"CANCELLED", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "UNAVAILABLE", "DATA_LOSS"}
+)
+
+
+def otlp_env(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The standard exporter variable `OTEL_EXPORTER_OTLP_TRACES_<name>`, else
+    `OTEL_EXPORTER_OTLP_<name>` (as the OpenTelemetry SDK's exporters read them)."""
+    env = os.environ if environ is None else environ
+    return env.get(f"OTEL_EXPORTER_OTLP_TRACES_{name}") or env.get(f"OTEL_EXPORTER_OTLP_{name}")
+
+
+def env_headers(value: str) -> dict[str, str]:
+    """`OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs separated by commas, values
+    percent-encoded (W3C Baggage form); a malformed pair is skipped."""
+    headers = {}
+    for pair in value.split(","):
+        key, sep, raw = pair.partition("=")
+        if sep and key.strip():
+            headers[key.strip().lower()] = unquote(raw.strip())
+    return headers
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What one attempt to send a batch gave."""
+
+    problem: str | None = None  # None: the collector took it
+    retryable: bool = False
+    wait: float | None = None  # the pause the collector asked for (Retry-After, RetryInfo)
+
+
+SENT = Sent()
+
 
 class _Exporter(SpanExporter):
     """Encode a batch once, send it, retry what is retryable until the batch's deadline."""
@@ -253,6 +334,9 @@ class _Exporter(SpanExporter):
         self.endpoint = endpoint
         self.timeout = timeout  # for one batch, its retries included
         self.backoff = backoff  # the first pause before a retry; doubled each time
+        # Set when the process drains: no batch is sent, nor waited for, past this moment
+        # (time.monotonic()), so the drain's telemetry budget holds with a collector down.
+        self.stop_at: float | None = None
         self._encoder = Encoder()
         self._stopped = threading.Event()
         self._warned = 0.0
@@ -260,23 +344,35 @@ class _Exporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._stopped.is_set():
             return SpanExportResult.FAILURE
+        dropped = self._encoder.dropped
         try:
             body = self._encoder.encode(spans)
-        except Exception as exc:  # a value of an unknown type: drop the batch, say so once
+        except Exception as exc:  # not expected: say so, never raise into the SDK's thread
             self._warn(f"encoding {len(spans)} spans failed: {exc}")
             return SpanExportResult.FAILURE
+        if self._encoder.dropped != dropped:
+            self._warn(
+                f"{self._encoder.dropped - dropped} span attributes were left out of an export "
+                f"(the last: {self._encoder.problem})"
+            )
         deadline = time.monotonic() + self.timeout
         delay = self.backoff
         while True:
-            retry, problem = self._send(body, max(0.1, deadline - time.monotonic()))
-            if problem is None:
+            if self.stop_at is not None:  # read each time: the drain may begin meanwhile
+                deadline = min(deadline, self.stop_at)
+            left = deadline - time.monotonic()
+            sent = self._send(body, left) if left > 0 else Sent("no time left before the drain")
+            if sent.problem is None:
                 return SpanExportResult.SUCCESS
-            pause = retry if retry is not None else delay * random.uniform(0.8, 1.2)
-            if retry is None and not self._retryable(problem):
-                pause = -1.0
-            if pause < 0 or time.monotonic() + pause > deadline or self._stopped.wait(pause):
+            pause = max(sent.wait or 0.0, delay * random.uniform(0.8, 1.2))
+            if (
+                not sent.retryable
+                or time.monotonic() + pause > deadline
+                or self._stopped.wait(pause)
+            ):
                 self._warn(
-                    f"exporting {len(spans)} spans to {redact_url(self.endpoint)} failed: {problem}"
+                    f"exporting {len(spans)} spans to {redact_url(self.endpoint)} failed: "
+                    f"{sent.problem}"
                 )
                 return SpanExportResult.FAILURE
             delay *= 2
@@ -287,11 +383,8 @@ class _Exporter(SpanExporter):
             self._warned = now
             log.warning("%s", message)
 
-    def _send(self, body: bytes, timeout: float) -> tuple[float | None, str | None]:
-        """Send once: (seconds the peer asked to wait or None, the problem or None)."""
-        raise NotImplementedError
-
-    def _retryable(self, problem: str) -> bool:
+    def _send(self, body: bytes, timeout: float) -> Sent:
+        """Send once, within `timeout` seconds."""
         raise NotImplementedError
 
     def shutdown(self) -> None:
@@ -301,8 +394,18 @@ class _Exporter(SpanExporter):
         return True
 
 
+def _read(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
 class HttpExporter(_Exporter):
-    """OTLP/HTTP with protobuf bodies (`requests`, which the OpenTelemetry exporter brings)."""
+    """OTLP/HTTP with protobuf bodies, by `requests`. Besides the configured endpoint and
+    headers it reads the standard variables the SDK's exporter reads: `..._CERTIFICATE` (a CA
+    bundle), `..._CLIENT_CERTIFICATE` and `..._CLIENT_KEY` (mutual TLS), `..._COMPRESSION`
+    (`gzip`), and `..._HEADERS` when no header is configured."""
 
     def __init__(
         self,
@@ -310,36 +413,47 @@ class HttpExporter(_Exporter):
         headers: Mapping[str, str],
         timeout: float = 10.0,
         backoff: float = 1.0,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         import requests
 
         if urlsplit(endpoint).path in ("", "/"):
             endpoint = endpoint.rstrip("/") + "/v1/traces"
         super().__init__(endpoint, timeout, backoff)
-        self._session = requests.Session()
-        self._session.headers.update({**headers, "Content-Type": CONTENT_TYPE})
+        session = requests.Session()
+        if not headers:
+            headers = env_headers(otlp_env("HEADERS", environ) or "")
+        session.headers.update({**headers, "Content-Type": CONTENT_TYPE})
+        self._gzip = (otlp_env("COMPRESSION", environ) or "").strip().lower() == "gzip"
+        if self._gzip:
+            session.headers["Content-Encoding"] = "gzip"
+        # Per request, not on the session: requests lets REQUESTS_CA_BUNDLE override a
+        # session's `verify`.
+        self._verify: str | bool = otlp_env("CERTIFICATE", environ) or True
+        cert, key = otlp_env("CLIENT_CERTIFICATE", environ), otlp_env("CLIENT_KEY", environ)
+        self._cert: str | tuple[str, str] | None = (cert, key) if cert and key else cert
+        self._session = session
         self._transient: tuple[type[BaseException], ...] = (
             requests.ConnectionError,
             requests.Timeout,
         )
 
-    def _send(self, body: bytes, timeout: float) -> tuple[float | None, str | None]:
+    def _send(self, body: bytes, timeout: float) -> Sent:
+        data = gzip.compress(body) if self._gzip else body
         try:
-            answer = self._session.post(self.endpoint, data=body, timeout=timeout)
+            answer = self._session.post(
+                self.endpoint, data=data, timeout=timeout, verify=self._verify, cert=self._cert
+            )
         except self._transient as exc:
-            return None, f"retryable: {type(exc).__name__}"
+            return Sent(type(exc).__name__, retryable=True)
         except Exception as exc:
-            return None, f"{type(exc).__name__}"
+            return Sent(type(exc).__name__)
         if answer.ok:
-            return None, None
-        if answer.status_code not in RETRYABLE_HTTP:
-            return None, f"HTTP {answer.status_code}"
-        after = answer.headers.get("Retry-After", "")
-        wait = float(after) if after.isdigit() else None
-        return wait, f"retryable: HTTP {answer.status_code}"
-
-    def _retryable(self, problem: str) -> bool:
-        return problem.startswith("retryable")
+            return SENT
+        retryable = answer.status_code in RETRYABLE_HTTP
+        after = answer.headers.get("Retry-After", "").strip()
+        wait = float(after) if retryable and after.isdigit() else None
+        return Sent(f"HTTP {answer.status_code}", retryable, wait)
 
     def shutdown(self) -> None:
         super().shutdown()
@@ -347,7 +461,10 @@ class HttpExporter(_Exporter):
 
 
 class GrpcExporter(_Exporter):
-    """OTLP/gRPC: the TraceService/Export call with the encoded request as its message."""
+    """OTLP/gRPC: the TraceService/Export call with the encoded request as its message, by
+    grpcio. TLS when the endpoint is `https://`, with the standard variables `..._CERTIFICATE`,
+    `..._CLIENT_CERTIFICATE`, `..._CLIENT_KEY`; `..._COMPRESSION` (`gzip`) and `..._HEADERS`
+    (when no header is configured) as for HTTP. RetryInfo from the server sets the pause."""
 
     def __init__(
         self,
@@ -355,49 +472,66 @@ class GrpcExporter(_Exporter):
         headers: Mapping[str, str],
         timeout: float = 10.0,
         backoff: float = 1.0,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         import grpc
 
         super().__init__(endpoint, timeout, backoff)
         parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
         target = parts.netloc or parts.path
+        gzipped = (otlp_env("COMPRESSION", environ) or "").strip().lower() == "gzip"
+        compression = grpc.Compression.Gzip if gzipped else None
         if parts.scheme == "https":
-            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials())
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(otlp_env("CERTIFICATE", environ)),
+                private_key=_read(otlp_env("CLIENT_KEY", environ)),
+                certificate_chain=_read(otlp_env("CLIENT_CERTIFICATE", environ)),
+            )
+            self._channel = grpc.secure_channel(target, credentials, compression=compression)
         else:
-            self._channel = grpc.insecure_channel(target)
+            self._channel = grpc.insecure_channel(target, compression=compression)
         identity: Callable[[bytes], bytes] = bytes
         self._call = self._channel.unary_unary(
             EXPORT_METHOD, request_serializer=identity, response_deserializer=identity
         )
+        if not headers:
+            headers = env_headers(otlp_env("HEADERS", environ) or "")
         self._metadata = tuple((k.lower(), v) for k, v in headers.items())
-        self._grpc = grpc
-        # The OTLP specification's retryable status codes.
-        self._retry_codes = {
-            grpc.StatusCode.CANCELLED,
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            grpc.StatusCode.ABORTED,
-            grpc.StatusCode.OUT_OF_RANGE,
-            grpc.StatusCode.UNAVAILABLE,
-            grpc.StatusCode.DATA_LOSS,
-        }
+        self._error: type[BaseException] = grpc.RpcError
 
-    def _send(self, body: bytes, timeout: float) -> tuple[float | None, str | None]:
+    def _send(self, body: bytes, timeout: float) -> Sent:
         try:
             self._call(body, timeout=timeout, metadata=self._metadata)
-        except self._grpc.RpcError as exc:
+        except self._error as exc:
             code = exc.code() if hasattr(exc, "code") else None
-            name = code.name if code is not None else "UNKNOWN"
-            prefix = "retryable: " if code in self._retry_codes else ""
-            return None, f"{prefix}gRPC {name}"
-        return None, None
-
-    def _retryable(self, problem: str) -> bool:
-        return problem.startswith("retryable")
+            name = getattr(code, "name", "UNKNOWN")
+            wait = _retry_info(exc)
+            retryable = name in _RETRYABLE_GRPC or (
+                name == "RESOURCE_EXHAUSTED" and wait is not None
+            )
+            return Sent(f"gRPC {name}", retryable, wait)
+        return SENT
 
     def shutdown(self) -> None:
         super().shutdown()
         self._channel.close()
 
 
-__all__ = ["Encoder", "GrpcExporter", "HttpExporter", "encode_request"]
+def _retry_info(error: Any) -> float | None:
+    """The delay of a google.rpc.RetryInfo in the error's status details, if any."""
+    try:
+        from google.rpc import error_details_pb2, status_pb2
+
+        for key, value in error.trailing_metadata() or ():
+            if key == "grpc-status-details-bin":
+                for detail in status_pb2.Status.FromString(value).details:
+                    if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                        info = error_details_pb2.RetryInfo()
+                        detail.Unpack(info)
+                        return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
+    except Exception:  # no details, or details that do not parse: no delay asked for
+        return None
+    return None
+
+
+__all__ = ["Encoder", "GrpcExporter", "HttpExporter", "encode_request", "otlp_env"]

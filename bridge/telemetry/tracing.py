@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event as SpanEvent
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
@@ -44,12 +44,14 @@ log = logging.getLogger("bridge.tracing")
 
 _LOW64 = (1 << 64) - 1
 # W3C traceparent, the 55-character form (`\Z`: `$` would also let a trailing newline through).
-TRACEPARENT_FORMAT = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}\Z")
+_TRACEPARENT_HEAD = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
 # The last hex digit of the flags: odd means the sampled bit (0x01) is set.
 _SAMPLED_LAST_HEX = frozenset("13579bdf")
 
 
-def _exporter(settings: TracingSettings) -> SpanExporter:
+def _exporter(settings: TracingSettings) -> GrpcExporter | HttpExporter:
     headers = {k: v.get_secret_value() for k, v in settings.headers.items()}
     if settings.protocol == "grpc":
         return GrpcExporter(settings.endpoint, headers)
@@ -173,17 +175,42 @@ def _new_id(bits: int) -> int:
     return random.getrandbits(bits) or 1
 
 
+def normalize_traceparent(value: object) -> str | None:
+    """A W3C `traceparent` as bridge carries it (version 00, 55 characters), or None when the
+    value is not valid trace context.
+
+    As the W3C Trace Context specification says: version `ff` is invalid; version 00 is exactly
+    55 characters; a higher version is read as version 00 when its first 55 characters have that
+    form and whatever follows starts with `-` (and is then sent on as version 00, the version
+    bridge knows); an all-zero trace id or parent id is invalid.
+    """
+    if not isinstance(value, str) or _TRACEPARENT_HEAD.match(value) is None:
+        return None
+    version = value[:2]
+    if version == "00":
+        if len(value) != 55:
+            return None
+    elif version == "ff" or (len(value) > 55 and value[55] != "-"):
+        return None
+    if value[3:35] == _ZERO_TRACE or value[36:52] == _ZERO_SPAN:
+        return None
+    return value if version == "00" else "00" + value[2:55]
+
+
 def parse_traceparent(value: object, tracestate: object = None) -> SpanContext | None:
     """The remote parent a W3C `traceparent` names (with its `tracestate`), or None when the
-    value is absent or malformed (the event then starts a new trace)."""
-    if not isinstance(value, str) or not TRACEPARENT_FORMAT.match(value) or value[:2] == "ff":
-        return None
-    trace_id = int(value[3:35], 16)
-    span_id = int(value[36:52], 16)
-    if trace_id == 0 or span_id == 0:
+    value is absent or not valid trace context (the event then starts a new trace)."""
+    carried = normalize_traceparent(value)
+    if carried is None:
         return None
     state = TraceState.from_header([tracestate]) if isinstance(tracestate, str) else None
-    return SpanContext(trace_id, span_id, True, TraceFlags(int(value[53:55], 16)), state)
+    return SpanContext(
+        int(carried[3:35], 16),
+        int(carried[36:52], 16),
+        True,
+        TraceFlags(int(carried[53:55], 16)),
+        state,
+    )
 
 
 class Tracing:
@@ -198,6 +225,7 @@ class Tracing:
         self.enabled = settings.enabled
         self._given = processor
         self.processor: SpanProcessor | None = None  # set while tracing runs
+        self._exporter: GrpcExporter | HttpExporter | None = None  # bridge's own, when made
         self.resource = Resource.create(
             {"service.name": settings.service_name, "service.version": __version__}
         )
@@ -209,7 +237,11 @@ class Tracing:
             return
         # The ratio decision is made by `sample_at_ingress`, before any span exists: spans
         # are only made for sampled events, so every span is recorded and exported.
-        self.processor = self._given or BatchSpanProcessor(_exporter(self.settings))
+        if self._given is None:
+            self._exporter = _exporter(self.settings)
+            self.processor = BatchSpanProcessor(self._exporter)
+        else:
+            self.processor = self._given
         log.info(
             "tracing on: OTLP %s to %s, sample ratio %s",
             self.settings.protocol,
@@ -218,10 +250,14 @@ class Tracing:
         )
 
     def shutdown(self, timeout: float) -> None:
+        """Export what is queued, for at most `timeout` seconds (a collector that is down or
+        slow makes the rest be dropped, not the drain wait), then stop exporting."""
         processor = self.processor
         if processor is None:
             return
         self.processor = None
+        if self._exporter is not None:
+            self._exporter.stop_at = time.monotonic() + timeout
         try:
             processor.force_flush(int(timeout * 1000))
             processor.shutdown()
@@ -238,8 +274,9 @@ class Tracing:
         carries the incoming context, or a new one with the sampled flag off, so subscribers
         can join the decision.
         """
-        if traceparent is not None and TRACEPARENT_FORMAT.match(traceparent):
-            return traceparent[-1] in _SAMPLED_LAST_HEX, traceparent
+        carried = normalize_traceparent(traceparent)
+        if carried is not None:
+            return carried[-1] in _SAMPLED_LAST_HEX, carried
         trace_id = random.getrandbits(128) or 1
         if (trace_id & _LOW64) < self._bound:
             return True, None
