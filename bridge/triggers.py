@@ -25,6 +25,7 @@ from bridge.delivery import EffectiveDelivery
 from bridge.errors import ConfigError
 from bridge.events import CONTENT_TYPE_ATTRIBUTE
 from bridge.filters import Attributes, CompiledFilter, EventView, compile_trigger_filter
+from bridge.filters.eventbridge import reachable_strings
 from bridge.policy import BrokerPolicy, build_policy
 from bridge.redact import redact_url
 from bridge.signature import Keys, Verifier
@@ -70,6 +71,55 @@ class Trigger:
 
 
 @dataclass(frozen=True)
+class DataIndex:
+    """A broker's content-pattern triggers indexed by a value their pattern requires.
+
+    Each trigger whose pattern has a leaf of strings only (`data.oss.bucket.name: ["a"]`) is
+    indexed under one such leaf, the one whose path the most of the broker's triggers share: an
+    event can only match it when one of those strings is at that path in its data. The routing
+    step evaluates patterns as before until one of them has parsed the data (attributes still
+    rule out first, without parsing), then asks the index which of the rest can match: twenty
+    patterns told apart by the bucket name cost about two evaluations per event, not twenty."""
+
+    # path -> value -> the triggers (keys) indexed under that path that require the value
+    tables: tuple[tuple[tuple[str, ...], dict[str, frozenset[str]]], ...]
+    indexed: frozenset[str]
+
+    @classmethod
+    def build(cls, triggers: tuple[Trigger, ...]) -> DataIndex | None:
+        keyed = [t for t in triggers if t.filter.needs_data and t.filter.data_keys]
+        if len(keyed) < 2:
+            return None
+        shared: dict[tuple[str, ...], int] = {}
+        for trigger in keyed:
+            for path in {path for path, _ in trigger.filter.data_keys}:
+                shared[path] = shared.get(path, 0) + 1
+        tables: dict[tuple[str, ...], dict[str, set[str]]] = {}
+        for trigger in keyed:
+            path, values = max(trigger.filter.data_keys, key=lambda k: shared[k[0]])
+            table = tables.setdefault(path, {})
+            for value in values:
+                table.setdefault(value, set()).add(trigger.key)
+        return cls(
+            tuple(
+                (path, {v: frozenset(keys) for v, keys in table.items()})
+                for path, table in tables.items()
+            ),
+            frozenset(t.key for t in keyed),
+        )
+
+    def candidates(self, data: object) -> set[str]:
+        """The indexed triggers that can match an event with this (parsed) data."""
+        found: set[str] = set()
+        for path, table in self.tables:
+            for value in reachable_strings(data, path):
+                keys = table.get(value)
+                if keys is not None:
+                    found.update(keys)
+        return found
+
+
+@dataclass(frozen=True)
 class Routes:
     """Brokers and their triggers; which HTTP path serves which broker."""
 
@@ -82,6 +132,8 @@ class Routes:
     content_type_filtered: bool = False
     # Brokers with a trigger whose filter reads the event's data (an EventBridge pattern).
     data_filtered: frozenset[str] = frozenset()
+    # Per broker with several content patterns: which of them an event's data can match.
+    data_index: dict[str, DataIndex] = field(default_factory=dict)
     # Per-broker ingress policy ([[ingress.brokers]]); a broker without one: the defaults.
     policies: dict[str, BrokerPolicy] = field(default_factory=dict)
 
@@ -153,11 +205,21 @@ class Routes:
         queue). The data is parsed at most once; the consumer checks again (a reload may have
         changed the filter meanwhile)."""
         view = EventView(attrs, data or b"", content_type)
+        index = self.data_index.get(broker_key)
+        candidates: set[str] | None = None
         matched = False
         for trigger in self.by_broker.get(broker_key, ()):
             compiled = trigger.filter
             if compiled.needs_data:
                 mark = match_header(trigger.key)
+                if index is not None and trigger.key in index.indexed:
+                    # Once a filter has parsed the data (its attributes matched), the index
+                    # says which of the others can match; before that, attributes rule first.
+                    if candidates is None and view.parsed:
+                        candidates = index.candidates(view.data)
+                    if candidates is not None and trigger.key not in candidates:
+                        attrs.pop(mark, None)  # the data lacks what its pattern requires
+                        continue
                 if compiled.predicate(view):
                     attrs[mark] = "1"
                     matched = True
@@ -296,6 +358,11 @@ def build_routes(loaded: LoadedConfig) -> Routes:
         paths=paths,
         content_type_filtered=any("ce-datacontenttype" in t.filter.keys for t in triggers),
         data_filtered=frozenset(t.broker_key for t in triggers if t.filter.needs_data),
+        data_index={
+            broker: index
+            for broker, members in by_broker.items()
+            if (index := DataIndex.build(tuple(members))) is not None
+        },
         policies=build_policies(loaded, set(by_broker)),
     )
 

@@ -35,9 +35,17 @@ class CompiledFilter:
     keys: frozenset[str] = frozenset()
     # The predicate looks into the event's data: give it an `EventView`, not the bare headers.
     needs_data: bool = False
+    # Necessary conditions on the data (see `DataKey`): the routing step's index.
+    data_keys: tuple[DataKey, ...] = ()
 
     def __call__(self, attrs: Attributes) -> bool:
         return self.predicate(attrs)
+
+
+# A necessary condition on the event's data: the strings reachable at a path of object keys
+# (through arrays, as patterns match) include one of these values. An EventBridge pattern leaf of
+# strings only is one; the routing step indexes triggers by them (bridge.triggers.DataIndex).
+DataKey = tuple[tuple[str, ...], frozenset[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +63,8 @@ class Expression:
     keys: frozenset[str]
     # The predicate reads the event's data (`EventView.data`), not only its attributes.
     needs_data: bool = False
+    # Necessary conditions on the data (each must hold for the expression to match).
+    data_keys: tuple[DataKey, ...] = ()
 
 
 def always(_: Attributes) -> bool:
@@ -101,13 +111,22 @@ def conjunction(nodes: list[Expression], description: str) -> Expression:
             exacts[name] = value
         pure = pure and node.pure
     keys = frozenset().union(*(node.keys for node in nodes))
+    data_keys = tuple(key for node in nodes for key in node.data_keys)  # all must hold
     if not nodes:
         return Expression(always, exacts, pure, description, keys)
     if len(nodes) == 1:
-        return Expression(nodes[0].predicate, exacts, pure, description, keys, needs_data)
+        return Expression(
+            nodes[0].predicate, exacts, pure, description, keys, needs_data, data_keys
+        )
     frozen = tuple(node.predicate for node in nodes)
     return Expression(
-        lambda attrs: all(p(attrs) for p in frozen), exacts, pure, description, keys, needs_data
+        lambda attrs: all(p(attrs) for p in frozen),
+        exacts,
+        pure,
+        description,
+        keys,
+        needs_data,
+        data_keys,
     )
 
 

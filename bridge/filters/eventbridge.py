@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from bridge.errors import ConfigError
-from bridge.filters.base import HEADER_PREFIX, Attributes, Expression
+from bridge.filters.base import HEADER_PREFIX, Attributes, DataKey, Expression
 from bridge.filters.view import MISSING, EventView, event_data
 
 Test = Callable[[Any], bool]
@@ -98,6 +98,7 @@ def compile_eventbridge(arg: Any, where: str) -> Expression:
         "eventbridge: " + json.dumps(pattern, separators=(",", ":"), ensure_ascii=False),
         keys,
         data_test is not None,
+        tuple(data_keys(pattern["data"], ())) if "data" in pattern else (),
     )
 
 
@@ -119,6 +120,44 @@ def load_pattern(arg: Any, where: str) -> dict[str, Any]:
             "take every event)."
         )
     return arg
+
+
+def data_keys(sub: Any, path: tuple[str, ...]) -> Iterator[DataKey]:
+    """The leaves of a (compiled, so valid) data pattern that list strings only: the data must
+    hold one of those strings at that path for the pattern to match (a leaf with a condition, a
+    number or `exists` gives none)."""
+    if isinstance(sub, dict):
+        for key, value in sub.items():
+            yield from data_keys(value, (*path, key))
+    elif isinstance(sub, list) and path and all(isinstance(v, str) for v in sub):
+        yield path, frozenset(sub)
+
+
+def reachable_strings(data: Any, path: tuple[str, ...]) -> set[str]:
+    """The strings a pattern leaf at `path` would be tested against in `data`: objects are
+    entered key by key, arrays (at any depth) element by element, as `_object` and `_leaf_test`
+    do."""
+    level = [data]
+    for key in path:
+        below = []
+        for value in level:
+            if value.__class__ is dict:
+                if key in value:
+                    below.append(value[key])
+            elif isinstance(value, list):
+                below.extend(
+                    item[key] for item in _flat(value) if isinstance(item, dict) and key in item
+                )
+        if not below:
+            return set()
+        level = below
+    found: set[str] = set()
+    for value in level:
+        if value.__class__ is str:
+            found.add(value)
+        elif isinstance(value, list):
+            found.update(item for item in _flat(value) if item.__class__ is str)
+    return found
 
 
 def _predicate(attribute_tests: tuple[tuple[str, Test], ...], data_test: Test | None) -> Any:

@@ -20,6 +20,7 @@ def compile_all(arg: Any, where: str) -> Expression:
         "(" + node.description + ")",
         node.keys,
         node.needs_data,
+        node.data_keys,
     )
 
 

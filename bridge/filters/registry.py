@@ -83,4 +83,5 @@ def compiled(node: Expression) -> CompiledFilter:
         node.description or "(all events)",
         node.keys,
         node.needs_data,
+        node.data_keys,
     )

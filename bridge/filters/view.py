@@ -65,6 +65,11 @@ class EventView(Mapping[str, object]):
         return len(self._attrs)
 
     @property
+    def parsed(self) -> bool:
+        """Whether the data has been parsed already (some filter read it)."""
+        return self._data is not _UNPARSED
+
+    @property
     def data(self) -> object:
         """The data as a JSON value, or MISSING (no data, a non-JSON content type, not JSON)."""
         data = self._data
