@@ -12,6 +12,7 @@ import dataclasses
 import json
 from typing import Any
 
+import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -164,3 +165,19 @@ def test_strings_are_reached_through_arrays_at_any_level() -> None:
     assert reachable_strings(data, ("oss", "missing")) == set()
     assert reachable_strings("text", ("oss",)) == set()
     assert reachable_strings({"k": 5}, ("k",)) == set()
+
+
+def test_arrays_nested_as_deep_as_json_allows_route_the_same_with_and_without_the_index() -> None:
+    routes = routes_for(
+        trigger_spec("near", filter=None, pattern={"data": {"k": ["a"]}}),
+        trigger_spec("deep", filter=None, pattern={"data": {"deep": ["q"]}}),
+    )
+    plain = dataclasses.replace(routes, data_index={})
+    body = b'{"k": "a", "deep": ' + b"[" * 1000 + b'"q"' + b"]" * 1000 + b"}"
+    for each in (routes, plain):
+        attrs = {"ce-specversion": "1.0", "ce-id": "e", "ce-source": "acs.oss", "ce-type": "t"}
+        _, matched = each.exchange_for(BROKER, attrs, "application/json", 0.0, body)
+        assert matched
+        assert match_header("default/near") in attrs
+        assert match_header("default/deep") in attrs
+    assert reachable_strings(orjson.loads(body), ("deep",)) == {"q"}

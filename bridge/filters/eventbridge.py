@@ -245,11 +245,17 @@ def _object(pattern: dict[str, Any], where: str, depth: int) -> Test:
 
 
 def _flat(values: list[Any]) -> Iterator[Any]:
-    for value in values:
-        if isinstance(value, list):
-            yield from _flat(value)
-        else:
+    """The non-array items of an array and of the arrays inside it, in order, at any depth
+    (without recursion: the data may nest arrays as deep as the JSON parser allows)."""
+    stack = [iter(values)]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list):
+                stack.append(iter(value))
+                break
             yield value
+        else:
+            stack.pop()
 
 
 # --- leaves ----------------------------------------------------------------------------------
