@@ -266,13 +266,30 @@ class ArchiveInfo:
 
     @property
     def retention(self) -> str:
-        parts = [f"max_age={self.max_age or 'none'}", f"max_bytes={self.max_bytes or 'none'}"]
-        if self.segment_bytes:
-            parts.append(f"segment_bytes={self.segment_bytes}")
-        return " ".join(parts)
+        return retention(self.max_age, self.max_bytes, self.segment_bytes)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "bytes_estimated": True}
+
+
+def retention(max_age: str | None, max_bytes: int | None, segment_bytes: int | None) -> str:
+    """A stream's retention as `archive list` and `check-config` show it (`max_age` is the
+    `x-max-age` RabbitMQ gets; None: no limit)."""
+    parts = [f"max_age={max_age or 'none'}", f"max_bytes={max_bytes or 'none'}"]
+    if segment_bytes:
+        parts.append(f"segment_bytes={segment_bytes}")
+    return " ".join(parts)
+
+
+def describe_configured(archive: ArchiveStream) -> str:
+    """`check-config`'s line for a configured archive: its stream and retention, or disabled."""
+    if not archive.enabled:
+        return f"archive {archive.broker}: disabled (an existing stream is kept, not written)"
+    age = stream_max_age(archive.max_age_s) if archive.max_age_s else None
+    return (
+        f"archive {archive.broker}: stream {archive.stream}, "
+        + retention(age, archive.max_bytes, archive.segment_bytes)
+    )
 
 
 async def describe_archive(connection: wire.Connection, archive: ArchiveStream) -> ArchiveInfo:

@@ -125,6 +125,17 @@ def test_check_config_prints_each_archive_with_its_stream_and_retention(
     ]
 
 
+def test_check_config_refuses_an_archive_of_a_broker_no_trigger_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = reference_config(tmp_path)
+    with path.open("a") as f:
+        f.write('\n[[archives]]\nbroker = "default/nowhere"\n')
+    assert main(["check-config", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "archives[0].broker: no trigger names the broker default/nowhere" in err
+
+
 def test_check_config_of_the_example_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check-config", "--config", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out

@@ -4,12 +4,9 @@ policies and the archives."""
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bridge.cli.common import EXIT_OK
-
-if TYPE_CHECKING:
-    from bridge.config import ArchiveSpec
 
 
 def register(sub: Any) -> None:
@@ -19,6 +16,7 @@ def register(sub: Any) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from bridge.archive import archive_streams, describe_configured
     from bridge.config import load
     from bridge.triggers import build_routes, describe
 
@@ -32,22 +30,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(describe(routes))
     for broker, policy in sorted(routes.policies.items()):
         print(f"ingress policy {broker}: {policy.describe()}")
-    for spec in loaded.settings.archives:
-        print(describe_archive(spec))
+    for archive in archive_streams(loaded, routes):
+        print(describe_configured(archive))
     return EXIT_OK
 
-
-def describe_archive(spec: ArchiveSpec) -> str:
-    """One line per `[[archives]]` entry: its stream and retention as RabbitMQ will get them."""
-    from bridge.amqp.topology import stream_max_age
-    from bridge.names import archive_stream
-
-    if not spec.enabled:
-        return f"archive {spec.broker}: disabled (an existing stream is kept, not written)"
-    seconds = int(spec.max_age.total_seconds())
-    age = stream_max_age(seconds) if seconds else "none"
-    size = spec.max_bytes or "none"
-    return (
-        f"archive {spec.broker}: stream {archive_stream(spec.broker)}, "
-        f"max_age={age} max_bytes={size} segment_bytes={spec.segment_bytes}"
-    )
