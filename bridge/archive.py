@@ -286,10 +286,8 @@ def describe_configured(archive: ArchiveStream) -> str:
     if not archive.enabled:
         return f"archive {archive.broker}: disabled (an existing stream is kept, not written)"
     age = stream_max_age(archive.max_age_s) if archive.max_age_s else None
-    return (
-        f"archive {archive.broker}: stream {archive.stream}, "
-        + retention(age, archive.max_bytes, archive.segment_bytes)
-    )
+    kept = retention(age, archive.max_bytes, archive.segment_bytes)
+    return f"archive {archive.broker}: stream {archive.stream}, {kept}"
 
 
 async def describe_archive(connection: wire.Connection, archive: ArchiveStream) -> ArchiveInfo:

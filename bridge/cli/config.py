@@ -33,4 +33,3 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for archive in archive_streams(loaded, routes):
         print(describe_configured(archive))
     return EXIT_OK
-
