@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 
 from bridge.http.client import SubscriberClient
 from tests.conftest import Running, eventually, trigger
+from tests.daemon import free_port
 from tests.raw_http import RawConnection, RawServer, answer
 
 BASE = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "test", "ce-type": "t"}
@@ -177,12 +177,6 @@ async def test_no_proxy_warning_without_proxy_variables(
     caplog.set_level(logging.WARNING, logger="bridge")
     await bridge_factory(triggers=[trigger("t", "http://127.0.0.1:9/")])
     assert not [r for r in caplog.records if "PROXY" in r.getMessage()]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_a_refused_connection_marks_the_subscriber_unreachable(

@@ -330,10 +330,20 @@ SENT = Sent()
 class _Exporter(SpanExporter):
     """Encode a batch once, send it, retry what is retryable until the batch's deadline."""
 
-    def __init__(self, endpoint: str, timeout: float, backoff: float) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        headers: Mapping[str, str],
+        timeout: float,
+        backoff: float,
+        environ: Mapping[str, str] | None,
+    ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout  # for one batch, its retries included
         self.backoff = backoff  # the first pause before a retry; doubled each time
+        # The configured headers, else those of the standard variable (as the SDK's exporters).
+        self.headers = dict(headers) or env_headers(otlp_env("HEADERS", environ) or "")
+        self.gzip = (otlp_env("COMPRESSION", environ) or "").strip().lower() == "gzip"
         # Set when the process drains: no batch is sent, nor waited for, past this moment
         # (time.monotonic()), so the drain's telemetry budget holds with a collector down.
         self.stop_at: float | None = None
@@ -419,13 +429,10 @@ class HttpExporter(_Exporter):
 
         if urlsplit(endpoint).path in ("", "/"):
             endpoint = endpoint.rstrip("/") + "/v1/traces"
-        super().__init__(endpoint, timeout, backoff)
+        super().__init__(endpoint, headers, timeout, backoff, environ)
         session = requests.Session()
-        if not headers:
-            headers = env_headers(otlp_env("HEADERS", environ) or "")
-        session.headers.update({**headers, "Content-Type": CONTENT_TYPE})
-        self._gzip = (otlp_env("COMPRESSION", environ) or "").strip().lower() == "gzip"
-        if self._gzip:
+        session.headers.update({**self.headers, "Content-Type": CONTENT_TYPE})
+        if self.gzip:
             session.headers["Content-Encoding"] = "gzip"
         # Per request, not on the session: requests lets REQUESTS_CA_BUNDLE override a
         # session's `verify`.
@@ -439,7 +446,7 @@ class HttpExporter(_Exporter):
         )
 
     def _send(self, body: bytes, timeout: float) -> Sent:
-        data = gzip.compress(body) if self._gzip else body
+        data = gzip.compress(body) if self.gzip else body
         try:
             answer = self._session.post(
                 self.endpoint, data=data, timeout=timeout, verify=self._verify, cert=self._cert
@@ -476,11 +483,10 @@ class GrpcExporter(_Exporter):
     ) -> None:
         import grpc
 
-        super().__init__(endpoint, timeout, backoff)
+        super().__init__(endpoint, headers, timeout, backoff, environ)
         parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
         target = parts.netloc or parts.path
-        gzipped = (otlp_env("COMPRESSION", environ) or "").strip().lower() == "gzip"
-        compression = grpc.Compression.Gzip if gzipped else None
+        compression = grpc.Compression.Gzip if self.gzip else None
         if parts.scheme == "https":
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=_read(otlp_env("CERTIFICATE", environ)),
@@ -494,9 +500,7 @@ class GrpcExporter(_Exporter):
         self._call = self._channel.unary_unary(
             EXPORT_METHOD, request_serializer=identity, response_deserializer=identity
         )
-        if not headers:
-            headers = env_headers(otlp_env("HEADERS", environ) or "")
-        self._metadata = tuple((k.lower(), v) for k, v in headers.items())
+        self._metadata = tuple((k.lower(), v) for k, v in self.headers.items())
         self._error: type[BaseException] = grpc.RpcError
 
     def _send(self, body: bytes, timeout: float) -> Sent:

@@ -43,7 +43,7 @@ from bridge.telemetry.otlp import GrpcExporter, HttpExporter
 log = logging.getLogger("bridge.tracing")
 
 _LOW64 = (1 << 64) - 1
-# W3C traceparent, the 55-character form (`\Z`: `$` would also let a trailing newline through).
+# The first 55 characters of a W3C traceparent (`normalize_traceparent` checks what follows).
 _TRACEPARENT_HEAD = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
@@ -80,8 +80,8 @@ _NO_LINKS: tuple[Any, ...] = ()
 class Span:
     """One span of a sampled event, recorded by bridge itself and handed, ended, to the
     OpenTelemetry SDK's span processor as a `ReadableSpan` (batching and OTLP export stay the
-    SDK's). The SDK's own tracer costs about 18 times more per span (a sampler, locks,
-    attribute validation and context objects for every span; `benchmarks/RESULTS.md`): bridge
+    SDK's). The SDK's own tracer costs 5-7 times more CPU (a sampler, locks, attribute
+    validation and context objects for every span; `python -m benchmarks.otlp_encode`): bridge
     only makes spans for events already sampled, with attributes it builds itself (strings and
     integers), so none of that is needed."""
 
